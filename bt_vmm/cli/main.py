@@ -1,0 +1,166 @@
+"""The `bt-vmm` command line.
+
+Exit statuses: 0 clean power-off or final hlt; (V << 1) | 1 when the guest
+writes V to the debug-exit port; 2 bad command line or image; 4 guest triple
+fault; 6 the guest used something the monitor does not virtualize (or a
+monitor error); 8 --max-insns reached; 124 --timeout reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from bt_vmm import __version__
+from bt_vmm.errors import EXIT_BAD_INPUT, EXIT_MONITOR, BadInput, BtVmmError
+
+_SIZE = re.compile(r"^(\d+)([KMG]?)(i?B)?$", re.IGNORECASE)
+_UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:   # one line, status 2 (no usage dump)
+        print(f"bt-vmm: {message} (see bt-vmm {self.prog.split()[-1]} --help)"
+              if " " in self.prog else f"bt-vmm: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def parse_size(text: str) -> int:
+    """QEMU-style -m: a number of MiB, or with a K/M/G suffix."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid memory size '{text}' (examples: 64, 64M, 1G)")
+    size = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    if size % 4096:
+        raise argparse.ArgumentTypeError(f"memory size '{text}' is not a multiple of 4 KiB")
+    return size
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got '{text}'")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bt-vmm", description="Binary-translation hypervisor for 32-bit x86 guests.")
+    p.add_argument("--version", action="version", version=f"bt-vmm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="boot a guest kernel")
+    r.add_argument("kernel", nargs="?", help="multiboot kernel image (default: the bundled guest)")
+    r.add_argument("--guest", default=None, help="boot a bundled guest by name (default: demo)")
+    r.add_argument("--append", default="", help="kernel command line")
+    r.add_argument("-m", "--mem", type=parse_size, default=64 << 20, help="guest RAM (default 64M)")
+    r.add_argument("--serial", default="stdio", help="stdio | none | file:PATH (default stdio)")
+    r.add_argument("--engine", choices=["bt"], default="bt", help="execution engine")
+    r.add_argument("--stats", action="store_true", help="print statistics to stderr at the end")
+    r.add_argument("--stats-json", metavar="FILE", help="write statistics as JSON")
+    r.add_argument("--max-insns", type=_positive_int, help="stop after about N guest instructions")
+    r.add_argument("--timeout", type=_positive_float, help="stop after SECONDS of wall time")
+    r.add_argument("--check", action="store_true",
+                   help="verify that no guest kernel instruction runs outside the TC")
+    sub.add_parser("guests", help="list the bundled guests")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "guests":
+            return _guests()
+        return _run(args)
+    except BtVmmError as e:
+        print(f"bt-vmm: {e}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        print("bt-vmm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:   # a monitor bug: one line unless asked for the traceback
+        if os.environ.get("BT_VMM_DEBUG"):
+            raise
+        print(f"bt-vmm: internal error: {type(e).__name__}: {e} (set BT_VMM_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return EXIT_MONITOR
+
+
+def _guests() -> int:
+    from bt_vmm.guests.registry import GUESTS
+    for name, (filename, desc) in GUESTS.items():
+        print(f"{name:<10} {desc}")
+    return 0
+
+
+def _read_kernel(args) -> tuple[str, bytes]:
+    from bt_vmm.guests.registry import guest_path
+    if args.kernel and args.guest:
+        raise BadInput("give either a KERNEL file or --guest, not both")
+    if args.kernel:
+        path = args.kernel
+        try:
+            with open(path, "rb") as f:
+                return path, f.read()
+        except FileNotFoundError:
+            raise BadInput(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise BadInput(f"{path}: is a directory") from None
+        except OSError as e:
+            raise BadInput(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        path = guest_path(args.guest or "demo")
+    except KeyError as e:
+        raise BadInput(str(e.args[0])) from None
+    return path.name, path.read_bytes()
+
+
+def _run(args) -> int:
+    from bt_vmm.engines.bt import BTEngine, EngineOptions
+    from bt_vmm.hosted.console import open_serial_sink
+    from bt_vmm.loaders import load_multiboot
+    from bt_vmm.machine.pc import Machine
+    from bt_vmm import stats as stats_mod
+
+    path, data = _read_kernel(args)
+    boot = load_multiboot(path, data, args.mem, args.append)
+    sink = open_serial_sink(args.serial)
+    counted = bool(args.stats or args.stats_json or args.max_insns)
+    machine = Machine(args.mem, sink)
+    machine.load(boot)
+    engine = BTEngine(machine, EngineOptions(check=args.check, count=counted,
+                                             max_insns=args.max_insns, timeout=args.timeout))
+    try:
+        result = engine.run(boot.entry)
+    except BaseException:
+        sink.close()
+        raise
+    sink.finish()
+    if result.status not in (0,) and not (result.status & 1):
+        print(f"bt-vmm: {result.reason}", file=sys.stderr)
+        if result.dump:
+            print(result.dump, file=sys.stderr)
+    if args.stats or args.stats_json:
+        data = stats_mod.collect(engine, result, counted)
+        if args.stats:
+            stats_mod.print_table(data)
+        if args.stats_json:
+            stats_mod.write_json(data, args.stats_json)
+    return result.status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

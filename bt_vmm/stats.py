@@ -1,0 +1,77 @@
+"""Run statistics: one dictionary, printed as a table (--stats) or JSON (--stats-json).
+
+Counters that cost nothing are always kept (translations, exits, chaining,
+invalidations); guest-instruction and in-TC lookup counts need counters bumped
+inside the CCFs, which the translator emits only when statistics are asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bt_vmm.tcache import region as R
+
+
+def collect(engine, result, counted: bool) -> dict[str, Any]:
+    tc = engine.tcache
+    s = tc.stats
+    uc = engine.m.uc
+    callouts = {k: v for k, v in sorted(engine.exits.items())}
+    lookups = int.from_bytes(uc.mem_read(R.lin(R.N_LOOKUPS), 8), "little") if counted else None
+    misses = engine.exits.get("lookup-miss", 0)
+    guest_insns = s["guest_insns"]
+    data: dict[str, Any] = {
+        "engine": engine.name,
+        "exit_status": result.status,
+        "reason": result.reason,
+        "wall_seconds": round(result.wall_seconds, 6),
+        "tus_translated": s["translated"],
+        "guest_bytes_translated": s["guest_bytes"],
+        "ccf_bytes": s["ccf_bytes"],
+        "expansion_ratio": round(s["ccf_bytes"] / s["guest_bytes"], 3) if s["guest_bytes"] else None,
+        "guest_insns_translated": guest_insns,
+        "ident_insns": s["ident_insns"],
+        "ident_share": round(s["ident_insns"] / guest_insns, 4) if guest_insns else None,
+        "chained_exits": s["chained"],
+        "exits_total": sum(engine.exits.values()),
+        "exits_by_reason": callouts,
+        "tc_lookups": lookups,
+        "tc_lookup_misses": misses,
+        "invalidations_by_reason": dict(tc.invalidations),
+        "flushes_by_reason": dict(tc.flushes),
+        "tc_occupancy_peak_bytes": tc.occupancy_peak,
+        "trace_faults": engine.traces.trace_faults,
+        "exceptions_by_vector": {str(k): v for k, v in sorted(engine.vectors.items())},
+        "guest_insns_executed_from_tc": tc.guest_insns_executed() if counted else None,
+        "unclaimed_io_reads": sum(engine.m.bus.unclaimed_reads.values()),
+        "unclaimed_io_writes": sum(engine.m.bus.unclaimed_writes.values()),
+    }
+    if engine.opts.check:
+        data["check_violations"] = engine.check_violations
+    return data
+
+
+def print_table(data: dict[str, Any], file=None) -> None:
+    console = Console(file=file or sys.stderr, highlight=False)
+    table = Table(title=f"bt_vmm statistics ({data['engine']} engine)", show_header=False)
+    table.add_column("counter", style="bold")
+    table.add_column("value", justify="right")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            table.add_row(key.replace("_", " "), "" if value else "none")
+            for k, v in value.items():
+                table.add_row(f"  {k}", f"{v:,}" if isinstance(v, int) else str(v))
+        elif value is not None:
+            table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
+    console.print(table)
+
+
+def write_json(data: dict[str, Any], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")

@@ -1,0 +1,244 @@
+"""The translation cache: where CCFs live and how they find each other.
+
+Kept apart from translating (translator/) and from running (engines/), as
+QEMU keeps translate-all, cpu-exec and tb-maint apart: this module allocates TC
+space, maps guest PCs to CCFs, fills the in-TC lookup table, chains and unchains
+exits, and invalidates CCFs when their guest bytes change or the TC fills up.
+Unicorn does not notice host writes to code it has compiled (issues #1148,
+#2258), so every patch of live TC bytes is followed by ctl_remove_cache.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from unicorn import Uc
+
+from bt_vmm.decoder import TranslationUnit, decode_tu
+from bt_vmm.machine.layout import PAGE_SIZE
+from bt_vmm.tcache import region as R
+from bt_vmm.translator import CCFCode, Callout, ExitSite, Translator
+from bt_vmm.translator.templates import INT3, rel32, t
+
+
+@dataclass(eq=False)
+class CCF:
+    index: int
+    slot: int
+    code: CCFCode
+    incoming: list[ExitSite] = field(default_factory=list)
+    generation: int = 0          # the TC generation (flush count) it was born in
+    dead: bool = False
+    executions: int = 0          # harvested from the in-TC counter when it dies
+
+    @property
+    def tu(self) -> TranslationUnit:
+        return self.code.tu
+
+    @property
+    def pc(self) -> int:
+        return self.code.tu.pc
+
+    @property
+    def body(self) -> int:
+        return self.code.body
+
+    @property
+    def tc_end(self) -> int:
+        return self.code.base + len(self.code.code)
+
+
+class TCache:
+    def __init__(self, uc: Uc, translator_factory: Callable[[int], Translator],
+                 fetch: Callable[[int, int], bytes], trace_page: Callable[[int], None],
+                 untrace_page: Callable[[int], None], tc_size: int = R.TC_END - R.TC_BASE) -> None:
+        self._uc = uc
+        self._fetch = fetch
+        self._trace_page = trace_page
+        self._untrace_page = untrace_page
+        self.by_pc: dict[int, CCF] = {}
+        self.callouts: dict[int, Callout] = {}    # keyed by the EIP after the int3
+        self._starts: list[int] = []              # TC addresses of live and dead CCFs, ascending
+        self._ccfs: list[CCF] = []
+        self._by_page: dict[int, set[CCF]] = {}
+        self.retired: list[CCF] = []              # dead CCFs, kept for statistics
+        self.generation = 0                       # bumped by every flush
+        self.stats = Counter()
+        self.invalidations = Counter()
+        self.flushes = Counter()
+        self.occupancy_peak = 0
+        # Shared code at the start of the TC: the lookup routine and the miss stub.
+        self._tc_lo = R.lin(R.TC_BASE)
+        self._tc_hi = self._tc_lo + tc_size
+        self.lookup_addr = self._tc_lo
+        self.translator = translator_factory(self.lookup_addr)
+        lookup = t("lookup_counted" if self.translator.count else "lookup").code
+        self.miss_stub = self.lookup_addr + len(lookup)
+        self.stop_addr = self.miss_stub + 1
+        shared = lookup + INT3 + b"\xf4"
+        uc.mem_write(self.lookup_addr, shared)
+        self.callouts[self.miss_stub + 1] = Callout("lookup-miss", self.miss_stub, 0)
+        self._alloc_lo = (self.lookup_addr + len(shared) + 15) & ~15
+        self._alloc = self._alloc_lo
+        self._next_slot = 0
+        self._clear_table()
+
+    # --- lookup ---------------------------------------------------------------
+    def get(self, pc: int) -> CCF:
+        """The CCF for guest PC `pc`, translating it on a miss."""
+        ccf = self.by_pc.get(pc)
+        return ccf if ccf is not None else self._translate(pc)
+
+    def ccf_at(self, tc_addr: int) -> CCF | None:
+        i = bisect.bisect_right(self._starts, tc_addr) - 1
+        if i >= 0:
+            ccf = self._ccfs[i]
+            if tc_addr < ccf.tc_end:
+                return ccf
+        return None
+
+    def fill_table(self, ccf: CCF) -> None:
+        self._uc.mem_write(R.lin(R.LTABLE) + 4 * (ccf.pc & 0xFFFF), struct.pack("<I", ccf.code.entry))
+
+    # --- translation ----------------------------------------------------------
+    def _translate(self, pc: int) -> CCF:
+        tu = decode_tu(pc, self._fetch)
+        # Worst case: the CCF is a few times the guest bytes; retry after a flush.
+        for attempt in (0, 1):
+            if self._next_slot < R.COUNTER_SLOTS:
+                code = self.translator.translate(tu, self._alloc, self._next_slot, self._resolve)
+                if self._alloc + len(code.code) <= self._tc_hi:
+                    break
+            if attempt:
+                raise RuntimeError("a single TU does not fit in an empty TC")
+            self.flush("tc-full")
+        ccf = CCF(len(self._ccfs) + len(self.retired), self._next_slot, code, generation=self.generation)
+        self._next_slot += 1
+        self._alloc = (self._alloc + len(code.code) + 15) & ~15
+        self._uc.mem_write(code.base, code.code)
+        self._starts.append(code.base)
+        self._ccfs.append(ccf)
+        self.by_pc[pc] = ccf
+        for c in code.callouts:
+            c.ccf = ccf
+            self.callouts[c.addr + 1] = c
+        for site in code.exits:
+            target = self.by_pc.get(site.target)
+            if target is not None:
+                target.incoming.append(site)
+                self.stats["chained"] += 1
+        for page in tu.pages:
+            self._by_page.setdefault(page, set()).add(ccf)
+            self._trace_page(page)
+        self.fill_table(ccf)
+        self.stats["translated"] += 1
+        self.stats["guest_bytes"] += tu.end - tu.pc
+        self.stats["guest_insns"] += len(tu.insns)
+        self.stats["ident_insns"] += code.ident
+        self.stats["ccf_bytes"] += len(code.code)
+        self.occupancy_peak = max(self.occupancy_peak, self.occupancy)
+        return ccf
+
+    def _resolve(self, pc: int) -> int | None:
+        ccf = self.by_pc.get(pc)
+        return ccf.body if ccf is not None else None
+
+    @property
+    def occupancy(self) -> int:
+        return self._alloc - self._alloc_lo
+
+    # --- chaining -------------------------------------------------------------
+    def chain(self, site: ExitSite, ccf: CCF, generation: int) -> None:
+        """Point the exit `site` straight at `ccf`'s body (skipped when the exit's
+        own CCF was flushed since the exit fired)."""
+        if generation != self.generation:
+            return
+        self._patch(site.field, ccf.body)
+        ccf.incoming.append(site)
+        self.stats["chained"] += 1
+
+    def _patch(self, field_addr: int, dest: int) -> None:
+        self._uc.mem_write(field_addr, rel32(field_addr + 4, dest))
+        self._uc.ctl_remove_cache(field_addr - 2, field_addr + 4)
+
+    # --- invalidation ---------------------------------------------------------
+    def guest_write(self, addr: int, size: int) -> int:
+        """A guest store to [addr, addr+size) hit a traced page: drop every CCF
+        whose guest bytes it overlaps. Returns how many were dropped."""
+        dropped = 0
+        for page in range(addr & ~(PAGE_SIZE - 1), addr + size, PAGE_SIZE):
+            for ccf in list(self._by_page.get(page, ())):
+                if ccf.pc < addr + size and addr < ccf.tu.end:
+                    self.invalidate(ccf, "smc-write")
+                    dropped += 1
+        return dropped
+
+    def invalidate(self, ccf: CCF, reason: str) -> None:
+        if ccf.dead:
+            return
+        ccf.dead = True
+        self.invalidations[reason] += 1
+        del self.by_pc[ccf.pc]
+        for site in ccf.incoming:
+            self._patch(site.field, site.stub)
+        ccf.incoming.clear()
+        slot_addr = R.lin(R.LTABLE) + 4 * (ccf.pc & 0xFFFF)
+        if struct.unpack("<I", self._uc.mem_read(slot_addr, 4))[0] == ccf.code.entry:
+            self._uc.mem_write(slot_addr, struct.pack("<I", self.miss_stub))
+        # Unicorn may still hold compiled code that jumps to this body (a TB
+        # that was running when the chain was cut): make the body itself exit,
+        # so a stale jump re-dispatches on the guest PC instead of running
+        # stale code.
+        self._uc.mem_write(ccf.body, INT3)
+        self._uc.ctl_remove_cache(ccf.body, ccf.body + 1)
+        self.callouts[ccf.body + 1] = Callout("reenter", ccf.body, ccf.pc, ccf=ccf)
+        for page in ccf.tu.pages:
+            owners = self._by_page.get(page)
+            if owners is not None:
+                owners.discard(ccf)
+                if not owners:
+                    del self._by_page[page]
+                    self._untrace_page(page)
+        ccf.executions = self.executions(ccf)
+
+    def flush(self, reason: str) -> None:
+        """Drop every CCF and start the TC over (when it is full, or on demand)."""
+        self.flushes[reason] += 1
+        for ccf in self._ccfs:
+            if not ccf.dead:
+                ccf.executions = self.executions(ccf)
+                self.invalidations[f"flush:{reason}"] += 1
+            self.retired.append(ccf)
+        self._ccfs.clear()
+        self._starts.clear()
+        self.by_pc.clear()
+        for page in list(self._by_page):
+            self._untrace_page(page)
+        self._by_page.clear()
+        shared = {k: v for k, v in self.callouts.items() if v.ccf is None}
+        self.callouts = shared
+        self._alloc = self._alloc_lo
+        self._next_slot = 0
+        self._uc.mem_write(R.lin(R.COUNTERS), bytes(8 * R.COUNTER_SLOTS))
+        self._clear_table()
+        self._uc.ctl_remove_cache(self._tc_lo, self._tc_hi)
+        self.generation += 1
+
+    def _clear_table(self) -> None:
+        self._uc.mem_write(R.lin(R.LTABLE), struct.pack("<I", self.miss_stub) * R.LTABLE_ENTRIES)
+
+    # --- counters -------------------------------------------------------------
+    def executions(self, ccf: CCF) -> int:
+        if ccf.dead:
+            return ccf.executions
+        return struct.unpack("<Q", self._uc.mem_read(R.lin(R.COUNTERS) + 8 * ccf.slot, 8))[0]
+
+    def all_ccfs(self) -> list[CCF]:
+        return self.retired + self._ccfs
+
+    def guest_insns_executed(self) -> int:
+        return sum(self.executions(c) * len(c.tu.insns) for c in self.all_ccfs())

@@ -1,0 +1,59 @@
+"""Layout of the monitor region: the monitor's data, tables and the translation cache.
+
+The whole region is one 4 MiB page at MON_BASE in every shadow address space.
+Its PDE is a *user* page while guest kernel code runs from the TC, and CR4.SMAP
+is on with EFLAGS.AC clear: any guest instruction that touches the region
+faults (SDM vol. 3, 4.6.1 "Determination of Access Rights"), while the TC's own
+accesses are bracketed by `stac`/`clac`. Guest RAM is mapped supervisor-only.
+Unicorn does not check segment limits, so VMware's segment truncation is not
+available here; SMAP gives the same guarantee with paging alone.
+
+The TC addresses monitor data through GS, whose base is MON_BASE: the guest's
+GS is virtual (kept by the vCPU) and swapped in only around instructions that
+use it.
+"""
+
+from __future__ import annotations
+
+from bt_vmm.machine.layout import MON_BASE, MON_SIZE
+
+# --- the data page (offsets from GS base = MON_BASE) -----------------------
+S_EAX = 0x000        # scratch: guest EAX while a rewrite sequence borrows it
+S_ECX = 0x004        # scratch: guest ECX while a lookup borrows it
+S_TARGET = 0x008     # guest PC being looked up (ret / indirect branch)
+S_FLAGS = 0x00C      # lahf/seto save of the arithmetic flags
+VIF = 0x010          # virtual EFLAGS.IF: 0 or 0x200
+VIOPL = 0x014        # virtual EFLAGS.IOPL bits: 0 .. 0x3000
+VAC = 0x018          # virtual EFLAGS.AC: 0 or 0x40000 (real AC stays clear)
+PENDING = 0x01C      # nonzero when an external interrupt waits for IF=1
+VCS = 0x020          # guest CS selector (what `mov r, cs` / `push cs` see)
+VGS = 0x024          # guest GS selector (loaded into GS around gs: accesses)
+BUDGET = 0x028       # --max-insns: guest instructions left (signed)
+MON_GS_SEL = 0x02C   # the monitor's GS selector, reloaded after a GS swap
+N_LOOKUPS = 0x030    # u64: indirect lookups performed inside the TC
+DATA_SIZE = 0x1000
+
+# --- tables ------------------------------------------------------------------
+LTABLE = 0x001000            # guest PC & 0xFFFF -> TC address (4 bytes each)
+LTABLE_ENTRIES = 0x10000
+SHADOW_GDT = 0x041000        # 8192 descriptors: guest slots + monitor slots at the top
+SHADOW_GDT_SIZE = 0x10000
+SHADOW_PT = 0x051000         # shadow page directory and tables
+SHADOW_PT_SIZE = 0x00F000
+COUNTERS = 0x060000          # u64 execution counter per CCF
+COUNTER_SLOTS = 0x8000
+TC_BASE = 0x100000           # translated code, to the end of the region
+TC_END = MON_SIZE
+
+# Monitor descriptors occupy the last GDT slots; guest selectors up to index
+# 8189 are available to the guest.
+MON_CS_INDEX = 8190
+MON_GS_INDEX = 8191
+MON_CS_SEL = MON_CS_INDEX << 3
+MON_GS_SEL_VALUE = MON_GS_INDEX << 3
+FIRST_MONITOR_GDT_INDEX = MON_CS_INDEX
+
+
+def lin(offset: int) -> int:
+    """Linear address of a monitor-region offset."""
+    return MON_BASE + offset

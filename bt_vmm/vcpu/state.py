@@ -1,0 +1,333 @@
+"""The virtual CPU: everything the guest believes about its processor that the
+real (unicorn) CPU does not hold for it.
+
+Unicorn runs the TC on the monitor's CS, GS, GDT, page tables and control
+registers. The guest's versions live here: its GDTR/IDTR/LDTR/TR, its CS and
+GS, its CR0-CR4, its MSRs and the virtual EFLAGS bits (IF, IOPL, AC, kept in the
+monitor data page so that the TC can flip them inline).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+from unicorn import Uc
+from unicorn import x86_const as X
+
+from bt_vmm.errors import Unsupported
+from bt_vmm.machine.memory import GuestFault, GuestMemory
+from bt_vmm.tcache import region as R
+from bt_vmm.vcpu.descriptors import (ACC_ACCESSED, FLAT_CODE, FLAT_DATA, GATE_INT32, GATE_TASK,
+                                     GATE_TRAP32, Descriptor, Gate)
+from bt_vmm.vcpu.regs import Regs
+
+IF = 0x200
+IOPL = 0x3000
+AC = 0x40000
+TF, NT, RF, VM = 0x100, 0x4000, 0x10000, 0x20000
+VIRTUAL_FLAGS = IF | IOPL | AC
+
+# Guest CR0 bits mirrored into the real CR0 because they change how the
+# instructions unicorn executes behave (FPU traps and error reporting).
+CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE, CR0_WP, CR0_PG = (
+    1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5, 1 << 16, 1 << 31)
+CR0_MIRRORED = CR0_MP | CR0_EM | CR0_TS | CR0_NE
+CR4_PSE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_SMAP = 1 << 4, 1 << 9, 1 << 10, 1 << 21
+CR4_MIRRORED = CR4_OSFXSR | CR4_OSXMMEXCPT
+
+UC_SEG = {"ds": X.UC_X86_REG_DS, "es": X.UC_X86_REG_ES, "fs": X.UC_X86_REG_FS,
+          "ss": X.UC_X86_REG_SS}
+
+# MSRs a 32-bit kernel touches on this CPU (others raise #GP, as on hardware).
+MSR_TSC = 0x10
+MSR_PLATFORM_ID = 0x17
+MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
+MSR_MISC_ENABLE = 0x1A0
+
+
+@dataclass
+class Segment:
+    selector: int
+    desc: Descriptor
+
+
+class TripleFault(Exception):
+    """Shutdown: an exception while delivering a double fault (SDM 6.15, #DF)."""
+
+
+CONTRIBUTORY = {0, 10, 11, 12, 13}
+
+
+class VCpu:
+    def __init__(self, uc: Uc, regs: Regs, mem: GuestMemory) -> None:
+        self._uc = uc
+        self._regs = regs
+        self.mem = mem
+        self.cpl = 0
+        self.cr0 = CR0_PE | CR0_ET
+        self.cr2 = self.cr3 = self.cr4 = 0
+        self.dr = [0] * 8
+        self.dr[6], self.dr[7] = 0xFFFF0FF0, 0x400
+        self.gdtr = (0, 0)           # (base, limit)
+        self.idtr = (0, 0x3FF)
+        self.ldtr = Segment(0, Descriptor(0, 0, 0, 0))
+        self.tr = Segment(0, Descriptor(0, 0, 0, 0))
+        self.msr: dict[int, int] = {MSR_SYSENTER_CS: 0, MSR_SYSENTER_ESP: 0, MSR_SYSENTER_EIP: 0,
+                                    MSR_PLATFORM_ID: 0, MSR_MISC_ENABLE: 1}
+        self.segs: dict[str, Segment] = {}
+        self.real_cr0_base = 0
+        self.real_cr4_base = 0
+
+    # --- start-up -------------------------------------------------------------
+    def reset_multiboot(self, code_sel: int = 0x08, data_sel: int = 0x10) -> None:
+        """The state Multiboot 0.6.96 section 3.2 promises: flat 32-bit segments
+        with base 0 (selectors undefined: these are GRUB-like), paging off."""
+        self._shadow_put(code_sel >> 3, FLAT_CODE)
+        self._shadow_put(data_sel >> 3, FLAT_DATA)
+        self.segs = {"cs": Segment(code_sel, FLAT_CODE)}
+        for name in ("ds", "es", "fs", "gs", "ss"):
+            self.segs[name] = Segment(data_sel, FLAT_DATA)
+            if name in UC_SEG:
+                self._regs.write(UC_SEG[name], data_sel)
+        self._put_u32(R.VCS, code_sel)
+        self._put_u32(R.VGS, data_sel)
+
+    # --- virtual EFLAGS -------------------------------------------------------
+    def vflags(self) -> int:
+        vif, viopl, vac = struct.unpack("<III", self._uc.mem_read(R.lin(R.VIF), 12))
+        return vif | viopl | vac
+
+    def set_vflags(self, eflags: int) -> None:
+        self._uc.mem_write(R.lin(R.VIF), struct.pack("<III", eflags & IF, eflags & IOPL, eflags & AC))
+
+    def guest_eflags(self, real: int) -> int:
+        return (real & ~VIRTUAL_FLAGS) | self.vflags() | 0x2
+
+    def load_eflags(self, frame, value: int) -> None:
+        """Set the guest's EFLAGS: virtual bits to the monitor page, the rest real."""
+        if value & VM:
+            raise Unsupported("guest entered virtual-8086 mode, which is not virtualized")
+        self.set_vflags(value)
+        frame.eflags = (value & ~(VIRTUAL_FLAGS | VM | RF)) | 0x2
+
+    @property
+    def interrupts_enabled(self) -> bool:
+        return bool(struct.unpack("<I", self._uc.mem_read(R.lin(R.VIF), 4))[0])
+
+    # --- control registers ----------------------------------------------------
+    def write_cr(self, n: int, value: int) -> None:
+        value &= 0xFFFFFFFF
+        if n == 0:
+            if not value & CR0_PE:
+                raise Unsupported("guest left protected mode (CR0.PE=0): real mode is not virtualized")
+            if value & CR0_PG:
+                raise Unsupported("guest enabled paging (CR0.PG=1): shadow paging is not implemented yet")
+            self.cr0 = value | CR0_ET
+            real = self._regs.read(X.UC_X86_REG_CR0)
+            self._regs.write(X.UC_X86_REG_CR0, (real & ~CR0_MIRRORED) | (value & CR0_MIRRORED))
+        elif n == 2:
+            self.cr2 = value
+        elif n == 3:
+            self.cr3 = value
+        elif n == 4:
+            self.cr4 = value
+            real = self._regs.read(X.UC_X86_REG_CR4)
+            self._regs.write(X.UC_X86_REG_CR4, (real & ~CR4_MIRRORED) | (value & CR4_MIRRORED))
+        else:
+            raise GuestFault(6)
+
+    def read_cr(self, n: int) -> int:
+        if n == 0:
+            return self.cr0
+        if n in (2, 3, 4):
+            return getattr(self, f"cr{n}")
+        raise GuestFault(6)
+
+    # --- MSRs -----------------------------------------------------------------
+    def rdmsr(self, index: int) -> int:
+        if index == MSR_TSC:
+            return time.perf_counter_ns()   # the TSC follows the host clock (1 GHz)
+        if index in self.msr:
+            return self.msr[index]
+        raise GuestFault(13, 0)
+
+    def wrmsr(self, index: int, value: int) -> None:
+        if index in self.msr:
+            self.msr[index] = value & 0xFFFFFFFFFFFFFFFF
+            return
+        if index == MSR_TSC:
+            return   # TSC writes are not virtualized; the TSC keeps following the host clock
+        raise GuestFault(13, 0)
+
+    # --- descriptor tables ----------------------------------------------------
+    def read_descriptor(self, selector: int, ext: int = 0) -> tuple[Descriptor, bytes]:
+        """The descriptor a non-null selector names; #GP(selector) when outside its table."""
+        index = selector & 0xFFF8
+        if selector & 4:
+            base, limit = self.ldtr.desc.base, self.ldtr.desc.limit
+            if not self.ldtr.selector:
+                raise GuestFault(13, index | ext)
+        else:
+            base, limit = self.gdtr
+        if index + 7 > limit:
+            raise GuestFault(13, index | 4 * ((selector >> 2) & 1) | ext)
+        raw = self.mem.read_lin(base + index, 8)
+        return Descriptor.unpack(raw), raw
+
+    def _set_accessed(self, selector: int, raw: bytes) -> bytes:
+        """Loading a segment sets the descriptor's accessed bit in guest memory (SDM 3.4.5.1)."""
+        if raw[5] & ACC_ACCESSED:
+            return raw
+        raw = raw[:5] + bytes([raw[5] | ACC_ACCESSED]) + raw[6:]
+        base = self.ldtr.desc.base if selector & 4 else self.gdtr[0]
+        self.mem.write_lin(base + (selector & 0xFFF8) + 5, raw[5:6])
+        return raw
+
+    def _shadow_put(self, index: int, desc: Descriptor | bytes) -> None:
+        if index >= R.FIRST_MONITOR_GDT_INDEX:
+            raise Unsupported(f"guest selector index {index} collides with the monitor's GDT slots")
+        raw = desc if isinstance(desc, bytes) else desc.pack()
+        self._uc.mem_write(R.lin(R.SHADOW_GDT) + 8 * index, raw)
+
+    def load_data_segment(self, name: str, selector: int) -> None:
+        """mov/pop/lxs into DS, ES, FS, GS or SS, with the checks of SDM vol. 2 'MOV'."""
+        selector &= 0xFFFF
+        if selector & 0xFFFC == 0:
+            if name == "ss":
+                raise GuestFault(13, 0)
+            desc = Descriptor(0, 0, 0, 0)
+            self.segs[name] = Segment(selector, desc)
+            self._commit_segment(name, selector)
+            return
+        desc, raw = self.read_descriptor(selector)
+        rpl, err = selector & 3, selector & 0xFFFC
+        if name == "ss":
+            if rpl != self.cpl or desc.dpl != self.cpl or not desc.writable:
+                raise GuestFault(13, err)
+            if not desc.present:
+                raise GuestFault(12, err)
+        else:
+            if not desc.readable or desc.is_system:
+                raise GuestFault(13, err)
+            if (desc.is_data or not desc.conforming) and (rpl > desc.dpl or self.cpl > desc.dpl):
+                raise GuestFault(13, err)
+            if not desc.present:
+                raise GuestFault(11, err)
+        raw = self._set_accessed(selector, raw)
+        if not selector & 4:
+            self._shadow_put(selector >> 3, raw)
+        else:
+            raise Unsupported("segment loads from an LDT are not virtualized yet")
+        self.segs[name] = Segment(selector, Descriptor.unpack(raw))
+        self._commit_segment(name, selector)
+
+    def _commit_segment(self, name: str, selector: int) -> None:
+        if name == "gs":
+            self._put_u32(R.VGS, selector)
+            return
+        # Unicorn reads the descriptor from the shadow GDT, which sits in the
+        # SMAP-protected monitor region: an implicit supervisor access that
+        # SMAP allows only with EFLAGS.AC set (SDM 4.6.1). The caller's frame
+        # restores the guest's real EFLAGS afterwards.
+        eflags = self._regs.read(X.UC_X86_REG_EFLAGS)
+        self._regs.write(X.UC_X86_REG_EFLAGS, eflags | AC)
+        self._regs.write(UC_SEG[name], selector)
+        self._regs.write(X.UC_X86_REG_EFLAGS, eflags)
+
+    def code_segment(self, selector: int, ext: int = 0) -> Segment:
+        """Check a far transfer's target code segment at the same privilege level."""
+        selector &= 0xFFFF
+        if selector & 0xFFFC == 0:
+            raise GuestFault(13, ext)
+        desc, raw = self.read_descriptor(selector, ext)
+        err = (selector & 0xFFFC) | ext
+        if not desc.is_code:
+            if desc.is_system:
+                raise Unsupported("far transfers through call gates or task gates are not virtualized yet")
+            raise GuestFault(13, err)
+        if desc.conforming:
+            if desc.dpl > self.cpl:
+                raise GuestFault(13, err)
+        elif desc.dpl != self.cpl or (selector & 3) > self.cpl:
+            if desc.dpl < self.cpl or (selector & 3) > self.cpl:
+                raise Unsupported(f"control transfer to ring {desc.dpl} from ring {self.cpl} "
+                                  "is not virtualized yet")
+            raise GuestFault(13, err)
+        if not desc.present:
+            raise GuestFault(11, err)
+        if desc.base != 0 or not desc.big:
+            raise Unsupported(f"code segment {selector:#x} with base {desc.base:#x} "
+                              f"{'32' if desc.big else '16'}-bit: only flat 32-bit code is translated")
+        raw = self._set_accessed(selector, raw)
+        return Segment((selector & ~3) | self.cpl, Descriptor.unpack(raw))
+
+    def set_cs(self, seg: Segment) -> None:
+        self.segs["cs"] = seg
+        self._put_u32(R.VCS, seg.selector)
+
+    def seg_base(self, name: str) -> int:
+        return self.segs[name].desc.base
+
+    def _put_u32(self, off: int, value: int) -> None:
+        self._uc.mem_write(R.lin(off), struct.pack("<I", value))
+
+    # --- exceptions and interrupts (SDM vol. 3, chapter 6) ---------------------
+    def raise_exception(self, frame, vector: int, error_code: int | None, eip: int,
+                        soft: bool = False, insn_eip: int | None = None) -> int:
+        """Deliver `vector` through the guest IDT with `eip` as the return
+        address; returns the handler's guest EIP. For a software interrupt,
+        `insn_eip` is the instruction's own address: a fault while delivering
+        it is reported there, not at the return address. Faults during delivery follow
+        SDM Table 6-5: contributory-on-contributory or #PF-on-#PF/contributory
+        becomes #DF, and any fault delivering #DF is a triple fault."""
+        ext = 0 if soft else 1
+        while True:
+            try:
+                return self._deliver(frame, vector, error_code, eip, soft, ext)
+            except GuestFault as f:
+                if vector == 8:
+                    raise TripleFault(f"exception {f.vector} while delivering a double fault")
+                if f.cr2 is not None:
+                    self.cr2 = f.cr2
+                first_bad = vector in CONTRIBUTORY or vector == 14
+                second_bad = f.vector in CONTRIBUTORY or (f.vector == 14 and vector == 14)
+                if first_bad and second_bad:
+                    vector, error_code = 8, 0
+                else:
+                    vector, error_code = f.vector, f.error_code
+                if insn_eip is not None:
+                    eip = insn_eip
+                soft, ext = False, 1
+
+    def _deliver(self, frame, vector: int, error_code: int | None, eip: int, soft: bool, ext: int) -> int:
+        base, limit = self.idtr
+        if vector * 8 + 7 > limit:
+            raise GuestFault(13, vector * 8 + 2 + ext)
+        gate = Gate.unpack(self.mem.read_lin(base + vector * 8, 8))
+        if gate.kind == GATE_TASK:
+            raise Unsupported(f"task gate for vector {vector}: hardware task switching is not virtualized")
+        if gate.kind not in (GATE_INT32, GATE_TRAP32):
+            raise GuestFault(13, vector * 8 + 2 + ext)
+        if soft and gate.dpl < self.cpl:
+            raise GuestFault(13, vector * 8 + 2)
+        if not gate.present:
+            raise GuestFault(11, vector * 8 + 2 + ext)
+        cs = self.code_segment(gate.selector, ext)
+        eflags = self.guest_eflags(frame.eflags)
+        ss = self.seg_base("ss")
+        words = [eflags, self.segs["cs"].selector, eip]
+        if error_code is not None:
+            words.append(error_code)
+        esp = frame.esp
+        for w in words:
+            esp = (esp - 4) & 0xFFFFFFFF
+            self.mem.write_u(ss + esp, 4, w)
+        frame.esp = esp
+        new = eflags & ~(TF | NT | RF | VM)
+        if gate.kind == GATE_INT32:
+            new &= ~IF
+        self.load_eflags(frame, new)
+        self.set_cs(cs)
+        return gate.offset
