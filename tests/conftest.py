@@ -6,3 +6,23 @@ from pathlib import Path
 ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+import shutil
+import subprocess
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # tests/asmkernel.py
+
+
+@pytest.fixture(scope="session")
+def built_guests(tmp_path_factory) -> Path:
+    """The project's guest kernels, built from guests/ with the machine's gcc
+    and binutils (part of the test setup, as on a fresh machine)."""
+    if shutil.which("gcc") is None or shutil.which("ld") is None:
+        pytest.fail("building the test guests needs gcc and binutils (apt-get install gcc binutils)")
+    out = tmp_path_factory.mktemp("guests")
+    proc = subprocess.run(["make", "-s", "-C", str(Path(ROOT) / "guests"), f"B={out}"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, f"guest build failed:\n{proc.stdout}\n{proc.stderr}"
+    return out

@@ -61,7 +61,9 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bt-vmm", description="Binary-translation hypervisor for 32-bit x86 guests.")
     p.add_argument("--version", action="version", version=f"bt-vmm {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # Not required=True: argparse would then report a missing command before an
+    # unknown option (`bt-vmm --bogus`); main() checks both, unknown options first.
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
     r = sub.add_parser("run", help="boot a guest kernel")
     r.add_argument("kernel", nargs="?", help="multiboot kernel image (default: the bundled guest)")
     r.add_argument("--guest", default=None, help="boot a bundled guest by name (default: demo)")
@@ -80,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command is None:
+        parser.error("missing command (choose from 'run', 'guests')")
     try:
         if args.command == "guests":
             return _guests()
@@ -128,6 +135,22 @@ def _read_kernel(args) -> tuple[str, bytes]:
     return path.name, path.read_bytes()
 
 
+def _check_output(option: str, path: str) -> None:
+    """BadInput now if an output file asked for on the command line could not be written later."""
+    if not path:
+        raise BadInput(f"{option}: empty file name")
+    if os.path.isdir(path):
+        raise BadInput(f"{option}: cannot write {path}: is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise BadInput(f"{option}: cannot write {path}: directory {parent} does not exist")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise BadInput(f"{option}: cannot write {path}: permission denied")
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInput(f"{option}: cannot write {path}: permission denied in {parent}")
+
+
 def _run(args) -> int:
     from bt_vmm.engines.bt import BTEngine, EngineOptions
     from bt_vmm.hosted.console import open_serial_sink
@@ -138,6 +161,8 @@ def _run(args) -> int:
     path, data = _read_kernel(args)
     boot = load_multiboot(path, data, args.mem, args.append)
     sink = open_serial_sink(args.serial)
+    if args.stats_json is not None:
+        _check_output("--stats-json", args.stats_json)   # fail now, not after the run
     counted = bool(args.stats or args.stats_json or args.max_insns)
     machine = Machine(args.mem, sink)
     machine.load(boot)
@@ -153,12 +178,18 @@ def _run(args) -> int:
         print(f"bt-vmm: {result.reason}", file=sys.stderr)
         if result.dump:
             print(result.dump, file=sys.stderr)
+    if args.check and engine.check_violations == 0 and result.status != EXIT_MONITOR:
+        print(f"bt-vmm: check passed: no guest kernel instruction ran outside the TC "
+              f"({engine.tcache.stats['translated']} TUs translated)", file=sys.stderr)
     if args.stats or args.stats_json:
         data = stats_mod.collect(engine, result, counted)
         if args.stats:
             stats_mod.print_table(data)
         if args.stats_json:
-            stats_mod.write_json(data, args.stats_json)
+            try:
+                stats_mod.write_json(data, args.stats_json)
+            except OSError as e:
+                raise BadInput(f"--stats-json: cannot write {args.stats_json}: {e.strerror}") from None
     return result.status
 
 

@@ -50,6 +50,7 @@ class EngineOptions:
     count: bool = False          # per-CCF execution counters (for --stats)
     max_insns: int | None = None
     timeout: float | None = None
+    tc_size: int = R.TC_END - R.TC_BASE   # bytes of TC for CCFs (smaller forces flushes)
 
 
 class BTEngine:
@@ -64,7 +65,7 @@ class BTEngine:
         self.traces = CodeTraces(uc, self._on_code_write)
         self.tcache = TCache(
             uc, lambda lookup: Translator(lookup, options.count, options.max_insns is not None),
-            machine.mem.fetch, self.traces.trace, self.traces.untrace)
+            machine.mem.fetch, self.traces.trace, self.traces.untrace, options.tc_size)
         machine.mem.on_write = self._on_monitor_write
         self.emu = Emulator(machine.vcpu, machine.bus)
         self.faults = FaultState(uc)
@@ -75,6 +76,7 @@ class BTEngine:
         self._error: BaseException | None = None
         self._halted = False
         self._timed_out = False
+        self._exit_eip: int | None = None   # guest EIP of the exit being handled
         if options.max_insns is not None:
             uc.mem_write(R.lin(R.BUDGET), struct.pack("<i", min(options.max_insns, 0x7FFFFFFF)))
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
@@ -186,6 +188,7 @@ class BTEngine:
     # --- callouts -----------------------------------------------------------------
     def _callout(self, c: Callout) -> None:
         kind = c.kind
+        self._exit_eip = c.guest_eip
         if kind == "exit":
             self.exits["exit"] += 1
             ccf = self.tcache.get(c.exit.target)
@@ -244,6 +247,7 @@ class BTEngine:
         if ccf is None:
             raise Unsupported(f"exception {vector} at monitor address {tc_eip:#x} outside any CCF")
         guest_eip, fixup = self._guest_pc(ccf, tc_eip)
+        self._exit_eip = guest_eip
         if fixup == "ecx":
             frame.r[1] = struct.unpack("<I", self.m.uc.mem_read(R.lin(R.S_ECX), 4))[0]
         elif fixup == "eax":
@@ -276,9 +280,13 @@ class BTEngine:
 
     # --- reporting ----------------------------------------------------------------
     def guest_eip(self) -> int | None:
+        """The guest EIP the CPU is at: inside a CCF, mapped back; at an exit,
+        the instruction the exit stands for."""
         eip = self.regs.read(X.UC_X86_REG_EIP)
         ccf = self.tcache.ccf_at(eip)
-        return self._guest_pc(ccf, eip)[0] if ccf is not None else None
+        if ccf is not None and eip != ccf.tc_end:
+            return self._guest_pc(ccf, eip)[0]
+        return self._exit_eip
 
     def dump_state(self) -> str:
         frame = Frame(self.regs)
