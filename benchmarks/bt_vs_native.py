@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=7, help="runs per column (default 7)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
-    if args.iterations < 1 or args.repeat < 1:
-        p.error("--iterations and --repeat must be positive")
+    if not (0 < args.iterations < 1 << 32 and args.repeat > 0):
+        p.error("--iterations must be in [1, 2**32) and --repeat positive")
 
     image, entry, poweroff = build_image(args.iterations)
     tiny = build_image(1)[0]      # the same guest with one iteration: BT's fixed cost per run

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("kernel", nargs="?", help="multiboot kernel image (default: the bundled guest)")
     r.add_argument("--guest", default=None, help="boot a bundled guest by name (default: demo)")
     r.add_argument("--append", default="", help="kernel command line")
+    r.add_argument("--module", action="append", default=[], metavar="'PATH [ARGS]'",
+                   help="multiboot module (repeatable); the string is passed to the guest as is")
     r.add_argument("-m", "--mem", type=parse_size, default=64 << 20, help="guest RAM (default 64M)")
     r.add_argument("--serial", default="stdio", help="stdio | none | file:PATH (default stdio)")
     r.add_argument("--engine", choices=["bt"], default="bt", help="execution engine")
@@ -118,16 +120,7 @@ def _read_kernel(args) -> tuple[str, bytes]:
     if args.kernel and args.guest:
         raise BadInput("give either a KERNEL file or --guest, not both")
     if args.kernel:
-        path = args.kernel
-        try:
-            with open(path, "rb") as f:
-                return path, f.read()
-        except FileNotFoundError:
-            raise BadInput(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise BadInput(f"{path}: is a directory") from None
-        except OSError as e:
-            raise BadInput(f"{path}: cannot read: {e.strerror}") from None
+        return args.kernel, _read_file(args.kernel, "kernel")
     try:
         path = guest_path(args.guest or "demo")
     except KeyError as e:
@@ -151,6 +144,26 @@ def _check_output(option: str, path: str) -> None:
         raise BadInput(f"{option}: cannot write {path}: permission denied in {parent}")
 
 
+def _read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BadInput(f"{path}: is a directory, not a {what} file") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read {what} file: {e.strerror}") from None
+
+
+def _read_module(spec: str):
+    from bt_vmm.loaders import Module
+    path = spec.split(" ", 1)[0]
+    if not path:
+        raise BadInput(f"--module '{spec}': expected 'PATH [ARGS]'")
+    return Module(path, _read_file(path, "module"), spec)
+
+
 def _run(args) -> int:
     from bt_vmm.engines.bt import BTEngine, EngineOptions
     from bt_vmm.hosted.console import open_serial_sink
@@ -159,7 +172,8 @@ def _run(args) -> int:
     from bt_vmm import stats as stats_mod
 
     path, data = _read_kernel(args)
-    boot = load_multiboot(path, data, args.mem, args.append)
+    modules = [_read_module(spec) for spec in args.module]
+    boot = load_multiboot(path, data, args.mem, args.append, modules)
     sink = open_serial_sink(args.serial)
     if args.stats_json is not None:
         _check_output("--stats-json", args.stats_json)   # fail now, not after the run

@@ -208,7 +208,12 @@ class BTEngine:
                                  (guest_ecx, eflags & ~AC, ccf.body))
         elif kind in ("emulate", "emulate-end"):
             self.exits[f"{kind}:{c.insn.mnemonic}"] += 1
-            self._emulate(c)
+            if not c.fast_ready:
+                c.fast, c.fast_ready = self.emu.fast_path(c.insn), True
+            if c.fast is not None:
+                c.fast()
+            else:
+                self._emulate(c)
         elif kind == "undefined":
             self.exits["undefined"] += 1
             frame = Frame(self.regs)

@@ -8,6 +8,7 @@ monitor store into translated code is seen like a guest store would be.
 
 from __future__ import annotations
 
+import mmap
 from typing import Callable
 
 from unicorn import Uc
@@ -26,9 +27,12 @@ class GuestFault(Exception):
 
 
 class GuestMemory:
-    def __init__(self, uc: Uc, size: int) -> None:
+    """Guest RAM through the host mapping unicorn shares with the monitor."""
+
+    def __init__(self, uc: Uc, ram: mmap.mmap) -> None:
         self._uc = uc
-        self.size = size
+        self._ram = ram
+        self.size = len(ram)
         self.on_write: Callable[[int, int], None] = lambda addr, n: None
 
     def _check(self, addr: int, n: int) -> None:
@@ -38,19 +42,18 @@ class GuestMemory:
 
     def read_phys(self, addr: int, n: int) -> bytes:
         self._check(addr, n)
-        return bytes(self._uc.mem_read(addr, n))
+        return self._ram[addr:addr + n]
 
     def write_phys(self, addr: int, data: bytes) -> None:
         self._check(addr, len(data))
         self.on_write(addr, len(data))
-        self._uc.mem_write(addr, data)
+        self._ram[addr:addr + len(data)] = data
 
     def fetch(self, addr: int, n: int) -> bytes:
         """Code bytes for the decoder: up to n bytes, fewer at the end of RAM."""
-        n = min(n, self.size - addr)
-        if n <= 0:
+        if not 0 <= addr < self.size:
             raise Unsupported(f"guest executes nonexistent physical memory at {addr:#x}")
-        return bytes(self._uc.mem_read(addr, n))
+        return self._ram[addr:min(addr + n, self.size)]
 
     # Guest-linear accesses. With guest paging off, linear is physical.
     def read_lin(self, addr: int, n: int) -> bytes:

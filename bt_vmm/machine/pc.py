@@ -13,9 +13,11 @@ it first to see the whole platform.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 from dataclasses import dataclass
 
-from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc
 from unicorn import x86_const as X
 
 from bt_vmm.devices import acpi_pm, debug_exit, uart16550
@@ -52,11 +54,17 @@ class Machine:
         uc = Uc(UC_ARCH_X86, UC_MODE_32)
         # A model with SMAP: the monitor region's protection rests on it.
         uc.ctl_set_cpu_model(X.UC_CPU_X86_BROADWELL)
-        uc.mem_map(0, mem_size)
+        # Guest RAM is host memory that unicorn maps by pointer: the monitor
+        # reads and writes it directly, and write-protecting one page (a trace)
+        # does not make unicorn copy the whole RAM block, as it does for
+        # memory it allocated itself (about 1 ms instead of 90 ms for 64 MiB).
+        self.ram = mmap.mmap(-1, mem_size)
+        self._ram_ptr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
+        uc.mem_map_ptr(0, mem_size, UC_PROT_ALL, self._ram_ptr)
         uc.mem_map(MON_BASE, MON_SIZE)
         self.uc = uc
         self.regs = Regs(uc)
-        self.mem = GuestMemory(uc, mem_size)
+        self.mem = GuestMemory(uc, self.ram)
         self.vcpu = VCpu(uc, self.regs, self.mem)
         self.bus = PortBus()
         self.devices = Devices(
@@ -73,7 +81,7 @@ class Machine:
         (0.6.96 section 3.2) -- as the guest sees it; underneath, unicorn runs on
         the monitor's GDT, CS, GS and shadow page tables."""
         for addr, data in boot.chunks:
-            self.uc.mem_write(addr, data)
+            self.ram[addr:addr + len(data)] = data
         uc, regs = self.uc, self.regs
         # The monitor's descriptors at the top of the shadow GDT.
         gdt = R.lin(R.SHADOW_GDT)

@@ -6,6 +6,10 @@ the store overlaps, performs the store itself and lets execution continue with
 the page still traced. Stores that touch no translated byte (data sharing a page
 with code) cost one hook and invalidate nothing -- QEMU's per-page code bitmap
 makes the same distinction. A page whose last CCF is gone is untraced.
+
+Tracing a page costs a unicorn region split (about 1 ms with RAM mapped by
+pointer); shadow page tables will carry traces as read-only PTEs instead
+once the guest runs with paging.
 """
 
 from __future__ import annotations

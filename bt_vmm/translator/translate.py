@@ -54,6 +54,8 @@ class Callout:
     insn: Insn | None = None
     exit: ExitSite | None = None
     ccf: object = None   # filled in by the tcache
+    fast: object = None  # the engine's specialised handler, once it has looked
+    fast_ready: bool = False
 
 
 @dataclass

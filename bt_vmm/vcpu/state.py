@@ -64,6 +64,7 @@ class VCpu:
     def __init__(self, uc: Uc, regs: Regs, mem: GuestMemory) -> None:
         self._uc = uc
         self._regs = regs
+        self.regs = regs
         self.mem = mem
         self.cpl = 0
         self.cr0 = CR0_PE | CR0_ET
