@@ -319,3 +319,31 @@ def test_check_mode_catches_guest_code_run_outside_the_tc():
     # Simulate a monitor bug: start unicorn on the guest's own code.
     machine.uc.emu_start(boot.entry, boot.entry + 2, count=1)
     assert engine.check_violations == 1
+
+
+def test_multiboot_modules_reach_the_guest():
+    import tempfile
+    from asmkernel import build_kernel, ListSink
+    from bt_vmm.engines.bt import BTEngine, EngineOptions
+    from bt_vmm.loaders import Module, load_multiboot
+    from bt_vmm.machine.pc import Machine
+
+    # EBX -> MBI; mods_count at +20, mods_addr at +24; module 0 starts with its data.
+    asm = f"""
+        mov eax, [ebx + 20]
+        mov [{DATA}], eax
+        mov esi, [ebx + 24]
+        mov eax, [esi]
+        mov eax, [eax]
+        mov [{DATA + 4}], eax
+        {POWEROFF}
+    fault_handler: hlt
+    """
+    image = build_kernel(asm, with_tables=False)
+    boot = load_multiboot("k.bin", image, 16 << 20, "", [Module("m", b"MOD!" + bytes(100), "m arg")])
+    machine = Machine(16 << 20, ListSink())
+    machine.load(boot)
+    engine = BTEngine(machine, EngineOptions())
+    assert engine.run(boot.entry).status == EXIT_OK
+    assert read_u32(engine, DATA) == 1
+    assert engine.m.uc.mem_read(DATA + 4, 4) == b"MOD!"

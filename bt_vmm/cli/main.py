@@ -128,22 +128,6 @@ def _read_kernel(args) -> tuple[str, bytes]:
     return path.name, path.read_bytes()
 
 
-def _check_output(option: str, path: str) -> None:
-    """BadInput now if an output file asked for on the command line could not be written later."""
-    if not path:
-        raise BadInput(f"{option}: empty file name")
-    if os.path.isdir(path):
-        raise BadInput(f"{option}: cannot write {path}: is a directory")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise BadInput(f"{option}: cannot write {path}: directory {parent} does not exist")
-    if os.path.exists(path):
-        if not os.access(path, os.W_OK):
-            raise BadInput(f"{option}: cannot write {path}: permission denied")
-    elif not os.access(parent, os.W_OK | os.X_OK):
-        raise BadInput(f"{option}: cannot write {path}: permission denied in {parent}")
-
-
 def _read_file(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -166,7 +150,7 @@ def _read_module(spec: str):
 
 def _run(args) -> int:
     from bt_vmm.engines.bt import BTEngine, EngineOptions
-    from bt_vmm.hosted.console import open_serial_sink
+    from bt_vmm.hosted.console import check_writable, open_serial_sink
     from bt_vmm.loaders import load_multiboot
     from bt_vmm.machine.pc import Machine
     from bt_vmm import stats as stats_mod
@@ -176,7 +160,7 @@ def _run(args) -> int:
     boot = load_multiboot(path, data, args.mem, args.append, modules)
     sink = open_serial_sink(args.serial)
     if args.stats_json is not None:
-        _check_output("--stats-json", args.stats_json)   # fail now, not after the run
+        check_writable("--stats-json", args.stats_json)   # fail now, not after the run
     counted = bool(args.stats or args.stats_json or args.max_insns)
     machine = Machine(args.mem, sink)
     machine.load(boot)

@@ -25,7 +25,7 @@ from bt_vmm.machine.layout import MON_BASE
 from bt_vmm.machine.memory import GuestFault
 from bt_vmm.machine.pc import Machine
 from bt_vmm.shadow_mmu import CodeTraces
-from bt_vmm.tcache import CCF, TCache
+from bt_vmm.tcache.cache import CCF, TCache
 from bt_vmm.tcache import region as R
 from bt_vmm.translator import Callout, Translator
 from bt_vmm.vcpu.emulate import HALT, Emulator

@@ -62,7 +62,7 @@ class FileSink(SerialSink):
         super().__init__()
         self.path = path
         self._file: BinaryIO | None = None
-        _check_writable(path)  # fail on the command line, not mid-run
+        check_writable("--serial", path)  # fail on the command line, not mid-run
 
     def write(self, data: bytes) -> None:
         super().write(data)
@@ -90,18 +90,21 @@ class FileSink(SerialSink):
             raise BadInput(f"--serial: cannot write {self.path}: {exc.strerror}") from exc
 
 
-def _check_writable(path: str) -> None:
-    """Raise BadInput now if `path` could not be created or written later."""
+def check_writable(option: str, path: str) -> None:
+    """Raise BadInput now if the output file `path` (named by `option`) could
+    not be created or written later: a run must not fail after the guest ran."""
+    if not path:
+        raise BadInput(f"{option}: empty file name")
     if os.path.isdir(path):
-        raise BadInput(f"--serial: cannot write {path}: is a directory")
+        raise BadInput(f"{option}: cannot write {path}: is a directory")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise BadInput(f"--serial: cannot write {path}: directory {parent} does not exist")
+        raise BadInput(f"{option}: cannot write {path}: directory {parent} does not exist")
     if os.path.exists(path):
         if not os.access(path, os.W_OK):
-            raise BadInput(f"--serial: cannot write {path}: permission denied")
+            raise BadInput(f"{option}: cannot write {path}: permission denied")
     elif not os.access(parent, os.W_OK | os.X_OK):
-        raise BadInput(f"--serial: cannot write {path}: permission denied in {parent}")
+        raise BadInput(f"{option}: cannot write {path}: permission denied in {parent}")
 
 
 def open_serial_sink(spec: str) -> SerialSink:

@@ -1,5 +1,1 @@
-"""Translation cache: CCFs in the monitor region, lookup, chaining, invalidation."""
-
-from bt_vmm.tcache.cache import CCF, TCache
-
-__all__ = ["CCF", "TCache"]
+"""Translation cache: the monitor region (region.py) and the CCFs in it (cache.py)."""
