@@ -1,10 +1,21 @@
 """The binary-translation engine: the monitor loop around the TC.
 
-Unicorn runs CCFs; Python runs only on exits. There are three kinds:
-callouts (an `int3` the translator planted: exits to unchained successors,
-lookup misses, emulated instructions), faults raised by guest instructions
-inside a CCF (reported to the guest at the guest EIP that caused them), and
-writes to traced code pages. Every exit is counted by reason.
+Guest CPL0 code runs as CCFs from the TC; guest CPL3 code runs directly in
+unicorn at CPL3 on the user view of the shadow page tables. Python runs only on
+exits:
+
+* callouts: an `int3` the translator planted (exits to unchained successors,
+  lookup misses, emulated instructions);
+* exceptions raised by guest instructions, in a CCF (reported to the guest at
+  the guest EIP that caused them) or in user code; #PF first goes to the shadow
+  MMU, which fills hidden faults silently;
+* stores to traced pages (translated code, guest page tables);
+* asynchronous stops: a device deadline, host input, --timeout. Interrupts are
+  delivered at guest instruction boundaries: always in user code, and in the
+  TC at the points the CCF's map marks as clean; elsewhere the stop is retried
+  a moment later.
+
+Every exit is counted by reason.
 """
 
 from __future__ import annotations
@@ -14,9 +25,9 @@ import struct
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from unicorn import UC_HOOK_CODE, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UcError
+from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UcError
 from unicorn import x86_const as X
 
 from bt_vmm.errors import (EXIT_INSN_LIMIT, EXIT_MONITOR, EXIT_TIMEOUT, EXIT_TRIPLE_FAULT,
@@ -24,16 +35,17 @@ from bt_vmm.errors import (EXIT_INSN_LIMIT, EXIT_MONITOR, EXIT_TIMEOUT, EXIT_TRI
 from bt_vmm.machine.layout import MON_BASE
 from bt_vmm.machine.memory import GuestFault
 from bt_vmm.machine.pc import Machine
-from bt_vmm.shadow_mmu import CodeTraces
-from bt_vmm.tcache.cache import CCF, TCache
 from bt_vmm.tcache import region as R
+from bt_vmm.tcache.cache import CCF, TCache
 from bt_vmm.translator import Callout, Translator
 from bt_vmm.vcpu.emulate import HALT, Emulator
 from bt_vmm.vcpu.frame import Frame
-from bt_vmm.vcpu.quirks import FaultState
-from bt_vmm.vcpu.state import AC, TripleFault
+from bt_vmm.vcpu.quirks import CplSwitch, FaultState
+from bt_vmm.vcpu.state import AC, IF, IOPL, TripleFault
 
 ERROR_CODE_VECTORS = {8, 10, 11, 12, 13, 14, 17}
+RETRY_DELAY = 50e-6         # a stop that landed inside a rewrite sequence is retried this soon
+SEG_REGS = (("ds", X.UC_X86_REG_DS), ("es", X.UC_X86_REG_ES), ("fs", X.UC_X86_REG_FS))
 
 
 @dataclass
@@ -53,6 +65,51 @@ class EngineOptions:
     tc_size: int = R.TC_END - R.TC_BASE   # bytes of TC for CCFs (smaller forces flushes)
 
 
+class Watchdog:
+    """One long-lived thread that stops emulation at a deadline (a device timer,
+    --timeout, a retry) or when woken (host input): unicorn's emu_stop is safe
+    to call from another thread while emu_start runs with the GIL released."""
+
+    def __init__(self, stop) -> None:
+        self._stop = stop
+        self._cv = threading.Condition()
+        self._deadline: float | None = None
+        self.fired = False
+        self._alive = True
+        self._thread = threading.Thread(target=self._loop, name="bt-vmm-watchdog", daemon=True)
+        self._thread.start()
+
+    def arm(self, deadline: float | None) -> None:
+        with self._cv:
+            self._deadline = deadline
+            self.fired = False
+            self._cv.notify()
+
+    def wake(self) -> None:
+        with self._cv:
+            self._deadline = 0.0
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._alive = False
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        with self._cv:
+            while self._alive:
+                if self._deadline is None:
+                    self._cv.wait()
+                    continue
+                delay = self._deadline - time.monotonic()
+                if delay > 0:
+                    self._cv.wait(delay)
+                    continue
+                self._deadline = None
+                self.fired = True
+                self._stop()
+
+
 class BTEngine:
     name = "bt"
 
@@ -62,71 +119,79 @@ class BTEngine:
         uc = machine.uc
         self.regs = machine.regs
         self.vcpu = machine.vcpu
-        self.traces = CodeTraces(uc, self._on_code_write)
+        self.mmu = machine.mmu
+        self.traces = machine.traces
         self.tcache = TCache(
             uc, lambda lookup: Translator(lookup, options.count, options.max_insns is not None),
-            machine.mem.fetch, self.traces.trace, self.traces.untrace, options.tc_size)
-        machine.mem.on_write = self._on_monitor_write
+            machine.mem.fetch, machine.traces, lambda linear: machine.mmu.translate(linear),
+            options.tc_size)
         self.emu = Emulator(machine.vcpu, machine.bus)
         self.faults = FaultState(uc)
+        self.cpl_switch = CplSwitch(uc)
         self.exits: Counter[str] = Counter()
         self.vectors: Counter[int] = Counter()
+        self.insns_direct = 0
         self.check_violations = 0
+        self.user_mode = False
         self._stop: tuple[int, str] | None = None
         self._error: BaseException | None = None
         self._halted = False
-        self._timed_out = False
+        self._deadline: float | None = None
         self._exit_eip: int | None = None   # guest EIP of the exit being handled
+        self._pending_fault: tuple[int, GuestFault | None] | None = None
+        self._retry_at: float | None = None
+        self._exit_eip_after_halt = 0
+        self.watchdog = Watchdog(uc.emu_stop)
         if options.max_insns is not None:
             uc.mem_write(R.lin(R.BUDGET), struct.pack("<i", min(options.max_insns, 0x7FFFFFFF)))
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        uc.hook_add(UC_HOOK_INSN, self._on_user_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_user_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
         if options.check:
-            # Guest code must only ever run as CCFs: any instruction fetched
-            # below the monitor region is a guest instruction run untranslated.
+            # Guest kernel code must only ever run as CCFs: an instruction
+            # fetched below the monitor region at CPL0 ran untranslated.
             uc.hook_add(UC_HOOK_CODE, self._on_untranslated, begin=0, end=MON_BASE - 1)
 
     # --- the run loop -------------------------------------------------------------
     def run(self, entry: int) -> RunResult:
         uc = self.m.uc
         start = time.perf_counter()
-        deadline = start + self.opts.timeout if self.opts.timeout else None
-        watchdog = None
         if self.opts.timeout:
-            watchdog = threading.Timer(self.opts.timeout, self._on_timeout)
-            watchdog.daemon = True
-            watchdog.start()
+            self._deadline = time.monotonic() + self.opts.timeout
         try:
             eip = self.tcache.get(entry).body
             while True:
+                if self._deadline is not None and time.monotonic() >= self._deadline:
+                    return self._result(start, EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s")
                 self._halted = False
+                self.watchdog.arm(self._next_deadline())
                 try:
                     uc.emu_start(eip, self.tcache.stop_addr)
                 except UcError as e:
                     return self._result(start, EXIT_MONITOR, f"unicorn stopped: {e}", dump=True)
+                self.watchdog.arm(None)
                 if self._error is not None:
                     raise self._error
                 if self._stop is not None:
                     status, reason = self._stop
                     return self._result(start, status, reason, dump=status == EXIT_TRIPLE_FAULT)
-                if self._timed_out:
-                    return self._result(start, EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s")
-                if self._halted:
-                    # Nothing on this machine raises interrupts yet: a halt with
-                    # IF=1 sleeps until --timeout, as the hardware would forever.
-                    self.exits["halt-wait"] += 1
-                    if deadline is None:
-                        threading.Event().wait()
-                    time.sleep(max(0.0, deadline - time.perf_counter()))
-                    return self._result(start, EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s "
-                                        "(guest halted waiting for an interrupt)")
+                if self._pending_fault is not None:
+                    self._deliver_pending_fault()
+                elif self._halted:
+                    self._wait_for_interrupt()
+                else:
+                    self._asynchronous_stop()
+                if self._stop is not None:
+                    status, reason = self._stop
+                    return self._result(start, status, reason, dump=status == EXIT_TRIPLE_FAULT)
                 eip = self.regs.read(X.UC_X86_REG_EIP)
-                if not self._in_tc(eip):
+                if not self.user_mode and not self._in_tc(eip):
                     return self._result(start, EXIT_MONITOR,
                                         f"emulation stopped outside the TC at {eip:#x}", dump=True)
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            self.watchdog.close()
             self.m.devices.uart.flush()
 
     def _result(self, start: float, status: int, reason: str, dump: bool = False) -> RunResult:
@@ -137,17 +202,136 @@ class BTEngine:
             self._stop = (status, reason)
         self.m.uc.emu_stop()
 
-    def _on_timeout(self) -> None:
-        self._timed_out = True
-        self.m.uc.emu_stop()
-
     def _in_tc(self, eip: int) -> bool:
         return R.lin(R.TC_BASE) <= eip < R.lin(R.TC_END)
 
+    def _next_deadline(self) -> float | None:
+        candidates = [d for d in (self._deadline, self._retry_at, self.m.next_deadline())
+                      if d is not None]
+        self._retry_at = None
+        return min(candidates) if candidates else None
+
+    # --- interrupts -----------------------------------------------------------------
+    def _update_pending(self) -> bool:
+        """Bring devices up to date; mirror 'an interrupt is pending' into the
+        monitor page, where the TC's sti/popf sequences look."""
+        self.m.tick(time.monotonic())
+        pending = self.m.interrupt_pending()
+        self.m.uc.mem_write(R.lin(R.PENDING), struct.pack("<I", int(pending)))
+        return pending
+
+    def _interrupt_deliverable(self) -> bool:
+        return self._update_pending() and self.vcpu.interrupts_enabled_now(
+            self.regs.read(X.UC_X86_REG_EFLAGS))
+
+    def _asynchronous_stop(self) -> None:
+        """Emulation stopped for a deadline or host input: deliver an interrupt
+        if one is due and the CPU is at a guest instruction boundary."""
+        self.exits["async-stop"] += 1
+        if not self._interrupt_deliverable():
+            return
+        frame = Frame(self.regs)
+        if self.user_mode:
+            self._deliver_interrupt(frame, frame.eip)
+            return
+        guest_eip = self._clean_point(frame)
+        if guest_eip is None:
+            self.exits["async-retry"] += 1
+            self._retry_at = time.monotonic() + RETRY_DELAY
+            return
+        self._deliver_interrupt(frame, guest_eip)
+
+    def _clean_point(self, frame: Frame) -> int | None:
+        """The guest EIP if unicorn stopped exactly where a guest instruction's
+        translation begins, with no borrowed register and AC clear."""
+        if frame.eflags & AC:
+            return None
+        ccf = self.tcache.ccf_at(frame.eip)
+        if ccf is None:
+            return None
+        for tc, guest_eip, fixup in ccf.code.pcmap:
+            if tc == frame.eip and fixup is None:
+                return guest_eip
+        return None
+
+    def _deliver_interrupt(self, frame: Frame, guest_eip: int) -> None:
+        vector = self.m.acknowledge_interrupt()
+        self._update_pending()
+        self.exits["interrupt"] += 1
+        self.vectors[vector] += 1
+        self._enter_handler(frame, lambda: self.vcpu.raise_exception(frame, vector, None, guest_eip))
+
+    def _wait_for_interrupt(self) -> None:
+        """hlt with IF=1: sleep until a device deadline, host input or --timeout
+        (with none of them, forever, as the hardware would)."""
+        self.exits["halt"] += 1
+        while True:
+            if self._interrupt_deliverable():
+                self._deliver_interrupt(Frame(self.regs), self._exit_eip_after_halt)
+                return
+            now = time.monotonic()
+            if self._deadline is not None and now >= self._deadline:
+                return
+            deadline = self._next_deadline()
+            self.m.wait_for_event(None if deadline is None else max(0.0, deadline - now))
+
+    # --- privilege levels ---------------------------------------------------------
+    def _enter_handler(self, frame: Frame, deliver) -> None:
+        """Run `deliver` (which may change the guest's CPL) and continue at the
+        handler it returns, in the TC."""
+        was_user = self.user_mode
+        if was_user:
+            self._capture_user_segments(frame)
+        handler = deliver()
+        frame.eip = self.tcache.get(handler).body if self.vcpu.cpl == 0 else handler
+        frame.commit()
+        self._sync_mode()
+        self._exit_eip = handler
+
+    def _capture_user_segments(self, frame: Frame) -> None:
+        """User code loads data segments without exits: read them back."""
+        v = self.vcpu
+        for name, reg in SEG_REGS + (("gs", X.UC_X86_REG_GS),):
+            sel = self.regs.read(reg) & 0xFFFF
+            if sel != v.segs[name].selector:
+                try:
+                    v.load_data_segment(name, sel, commit=False)
+                except GuestFault:
+                    v.load_data_segment(name, 0, commit=False)
+        v.set_vflags(frame.eflags)
+
+    def _sync_mode(self) -> None:
+        """Make unicorn's privilege level, segments and page-table view match
+        the vCPU after a transition between direct execution and the TC."""
+        v, regs = self.vcpu, self.regs
+        if v.cpl == 3 and not self.user_mode:
+            v.sync_gdt()
+            self.mmu.set_user(True)
+            self.cpl_switch.set_cpl(3)
+            regs.write(X.UC_X86_REG_SS, v.segs["ss"].selector)
+            regs.write(X.UC_X86_REG_CS, v.segs["cs"].selector)
+            for name, reg in SEG_REGS + (("gs", X.UC_X86_REG_GS),):
+                regs.write(reg, v.segs[name].selector)
+            self.user_mode = True
+            self.exits["to-user"] += 1
+        elif v.cpl == 0 and self.user_mode:
+            # The user view maps the monitor region supervisor-only, so the
+            # segment loads below read the shadow GDT without SMAP getting in the way.
+            self.cpl_switch.set_cpl(0)
+            regs.write(X.UC_X86_REG_SS, v.segs["ss"].selector)
+            regs.write(X.UC_X86_REG_CS, R.MON_CS_SEL)
+            regs.write(X.UC_X86_REG_GS, R.MON_GS_SEL_VALUE)
+            for name, reg in SEG_REGS:
+                regs.write(reg, v.segs[name].selector)
+            v.sync_virtual_gs()
+            self.mmu.set_user(False)
+            self.user_mode = False
+            self.exits["to-kernel"] += 1
+
     # --- hooks ----------------------------------------------------------------------
-    def _guarded(self, fn, *args) -> None:
+    def _guarded(self, fn, *args):
         try:
-            fn(*args)
+            return fn(*args)
         except GuestExit as e:
             self._finish(e.status, e.reason)
         except TripleFault as e:
@@ -159,6 +343,9 @@ class BTEngine:
             self.m.uc.emu_stop()
 
     def _on_intr(self, uc, intno: int, _ud) -> None:
+        if self.user_mode:
+            self._guarded(self._user_exception, intno)
+            return
         if intno == 3:
             c = self.tcache.callouts.get(self.regs.read(X.UC_X86_REG_EIP))
             if c is not None:
@@ -167,23 +354,55 @@ class BTEngine:
         self._guarded(self._fault, intno)
 
     def _on_invalid(self, uc, _ud) -> bool:
-        self._guarded(self._fault, 6)
+        if self.user_mode:
+            self._guarded(self._user_exception, 6)
+        else:
+            self._guarded(self._fault, 6)
         return self._stop is None and self._error is None
 
     def _on_untranslated(self, uc, address: int, size: int, _ud) -> None:
-        self.check_violations += 1
-        self._finish(EXIT_MONITOR, f"check failed: guest instruction at {address:#x} ran outside the TC")
+        if not self.user_mode:
+            self.check_violations += 1
+            self._finish(EXIT_MONITOR, f"check failed: guest instruction at {address:#x} ran outside the TC")
 
-    def _on_code_write(self, addr: int, size: int) -> None:
-        """A guest store hit a traced page (CodeTraces performs the store)."""
-        self.exits["trace-write"] += 1
-        self.tcache.guest_write(addr, size)
+    # User-mode port I/O reaches these hooks with no IOPL check (unicorn does not
+    # apply one); the monitor applies IOPL here. A refused access cannot be
+    # undone mid-block: the #GP is delivered when emulation stops, right after.
+    def _user_io_allowed(self) -> bool:
+        eflags = self.regs.read(X.UC_X86_REG_EFLAGS)
+        return (eflags & IOPL) >> 12 >= 3
 
-    def _on_monitor_write(self, addr: int, size: int) -> None:
-        """The monitor writes guest RAM (exception frames, emulated stores)."""
-        page = addr & ~0xFFF
-        if page in self.traces.pages or ((addr + size - 1) & ~0xFFF) in self.traces.pages:
-            self.tcache.guest_write(addr, size)
+    def _on_user_in(self, uc, port: int, size: int, _ud) -> int:
+        if self._user_io_allowed():
+            return self._guarded(self.m.bus.read, port, size) or 0
+        self._refuse_user_io()
+        return (1 << (8 * size)) - 1
+
+    def _on_user_out(self, uc, port: int, size: int, value: int, _ud) -> None:
+        if self._user_io_allowed():
+            self._guarded(self.m.bus.write, port, size, value)
+        else:
+            self._refuse_user_io()
+
+    def _refuse_user_io(self) -> None:
+        self.exits["user-io-refused"] += 1
+        self._pending_fault = (self.regs.read(X.UC_X86_REG_EIP), GuestFault(13, 0))
+        self.m.uc.emu_stop()
+
+    def _on_sysenter(self, uc, _ud) -> None:
+        # The instruction is not emulated by unicorn: finish it after the stop.
+        self.exits["sysenter"] += 1
+        self._pending_fault = (self.regs.read(X.UC_X86_REG_EIP), None)
+        self.m.uc.emu_stop()
+
+    def _deliver_pending_fault(self) -> None:
+        eip, fault = self._pending_fault
+        self._pending_fault = None
+        frame = Frame(self.regs)
+        if fault is None:   # sysenter
+            self._enter_handler(frame, lambda: self.vcpu.sysenter(frame))
+        else:
+            self._enter_handler(frame, lambda: self.vcpu.raise_exception(frame, 13, 0, eip))
 
     # --- callouts -----------------------------------------------------------------
     def _callout(self, c: Callout) -> None:
@@ -191,21 +410,28 @@ class BTEngine:
         self._exit_eip = c.guest_eip
         if kind == "exit":
             self.exits["exit"] += 1
-            ccf = self.tcache.get(c.exit.target)
+            ccf = self._get(c.exit.target)
+            if ccf is None:
+                return
             if not c.ccf.dead:
                 self.tcache.chain(c.exit, ccf, c.ccf.generation)
             self.regs.write(X.UC_X86_REG_EIP, ccf.body)
         elif kind == "reenter":
             self.exits["reenter"] += 1
-            self.regs.write(X.UC_X86_REG_EIP, self.tcache.get(c.guest_eip).body)
+            ccf = self._get(c.guest_eip)
+            if ccf is not None:
+                self.regs.write(X.UC_X86_REG_EIP, ccf.body)
         elif kind == "lookup-miss":
             self.exits["lookup-miss"] += 1
             guest_ecx, target = struct.unpack("<II", self.m.uc.mem_read(R.lin(R.S_ECX), 8))
-            ccf = self.tcache.get(target)
-            self.tcache.fill_table(ccf)
             eflags = self.regs.read(X.UC_X86_REG_EFLAGS)
-            self.regs.write_many((X.UC_X86_REG_ECX, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_EIP),
-                                 (guest_ecx, eflags & ~AC, ccf.body))
+            self.regs.write_many((X.UC_X86_REG_ECX, X.UC_X86_REG_EFLAGS),
+                                 (guest_ecx, eflags & ~AC))
+            ccf = self._get(target)
+            if ccf is None:
+                return
+            self.tcache.fill_table(ccf)
+            self.regs.write(X.UC_X86_REG_EIP, ccf.body)
         elif kind in ("emulate", "emulate-end"):
             self.exits[f"{kind}:{c.insn.mnemonic}"] += 1
             if not c.fast_ready:
@@ -216,14 +442,24 @@ class BTEngine:
                 self._emulate(c)
         elif kind == "undefined":
             self.exits["undefined"] += 1
-            frame = Frame(self.regs)
-            self._deliver(frame, GuestFault(6), c.guest_eip)
+            self._deliver(Frame(self.regs), GuestFault(6), c.guest_eip)
         elif kind == "irq-window":
-            self.exits["irq-window"] += 1    # no interrupt controller yet: nothing can be pending
+            self.exits["irq-window"] += 1
+            if self._interrupt_deliverable():
+                self._deliver_interrupt(Frame(self.regs), c.guest_eip)
         elif kind == "insn-limit":
             self._finish(EXIT_INSN_LIMIT, f"--max-insns {self.opts.max_insns} reached")
         else:  # pragma: no cover
             raise AssertionError(kind)
+
+    def _get(self, pc: int) -> CCF | None:
+        """The CCF for `pc`; a fault fetching its code goes to the guest
+        (at `pc`, the instruction that could not be fetched)."""
+        try:
+            return self.tcache.get(pc)
+        except GuestFault as f:
+            self._deliver(Frame(self.regs), f, pc)
+            return None
 
     def _emulate(self, c: Callout) -> None:
         frame = Frame(self.regs)
@@ -234,18 +470,45 @@ class BTEngine:
             self._deliver(Frame(self.regs), f, insn.addr)
             return
         if nxt == HALT:
+            self._exit_eip_after_halt = insn.next
             frame.eip = self.tcache.get(insn.next).body
             self._halted = True
             frame.commit()
             self.m.uc.emu_stop()
             return
         if nxt is not None:
-            frame.eip = self.tcache.get(nxt).body
+            if self.vcpu.cpl == 3:
+                frame.eip = nxt                   # iret/sysexit to user mode: run directly
+            else:
+                ccf = self._get_or_fault(frame, nxt)
+                if ccf is None:
+                    return
+                frame.eip = ccf.body
         frame.commit()
+        self._sync_mode()
 
-    # --- faults ---------------------------------------------------------------------
+    def _get_or_fault(self, frame: Frame, pc: int) -> CCF | None:
+        try:
+            return self.tcache.get(pc)
+        except GuestFault as f:
+            frame.commit()
+            self._deliver(Frame(self.regs), f, pc)
+            return None
+
+    # --- exceptions ---------------------------------------------------------------
     def _fault(self, vector: int) -> None:
+        """An exception raised by an instruction inside a CCF."""
         err = self.faults.error_code_and_reset() if vector != 6 else 0
+        if vector == 14:
+            cr2 = self.regs.read(X.UC_X86_REG_CR2)
+            try:
+                self.mmu.page_fault(cr2, err, user=False)
+                self.exits["hidden-fault"] += 1
+                return                       # hidden: the instruction runs again
+            except GuestFault as f:
+                fault = f
+        else:
+            fault = GuestFault(vector, err if vector in ERROR_CODE_VECTORS else None)
         frame = Frame(self.regs)
         tc_eip = frame.eip
         ccf = self.tcache.ccf_at(tc_eip)
@@ -260,22 +523,54 @@ class BTEngine:
         elif fixup == "gs":
             self.regs.write(X.UC_X86_REG_GS, R.MON_GS_SEL_VALUE)
         frame.eflags &= ~AC
-        if vector == 14:
-            cr2 = self.regs.read(X.UC_X86_REG_CR2)
-            where = "the monitor region" if cr2 >= MON_BASE else "nonexistent physical memory"
-            raise Unsupported(f"guest instruction at {guest_eip:#x} accessed {where} at {cr2:#x}")
         if vector == 1:
             raise Unsupported(f"single-step trap (EFLAGS.TF) at {guest_eip:#x} is not virtualized yet")
-        self._deliver(frame, GuestFault(vector, err if vector in ERROR_CODE_VECTORS else None), guest_eip)
+        self._deliver(frame, fault, guest_eip)
+
+    def _user_exception(self, vector: int) -> None:
+        """An exception or software interrupt in directly executed user code."""
+        frame = Frame(self.regs)
+        eip = frame.eip
+        soft_len = self._software_interrupt_length(vector, eip)
+        if soft_len:
+            self.exits[f"user-int:{vector:#x}"] += 1
+            self.vectors[vector] += 1
+            self._enter_handler(frame, lambda: self.vcpu.raise_exception(
+                frame, vector, None, eip, soft=True, insn_eip=eip - soft_len))
+            return
+        err = self.faults.error_code_and_reset() if vector != 6 else 0
+        if vector == 14:
+            cr2 = self.regs.read(X.UC_X86_REG_CR2)
+            try:
+                self.mmu.page_fault(cr2, err, user=True)
+                self.exits["hidden-fault"] += 1
+                return
+            except GuestFault as f:
+                fault = f
+        else:
+            fault = GuestFault(vector, err if vector in ERROR_CODE_VECTORS else None)
+        self._deliver(frame, fault, eip)
+
+    def _software_interrupt_length(self, vector: int, eip: int) -> int:
+        """Unicorn reports `int n`, `int3` and `into` like exceptions but with
+        EIP after the instruction; tell them apart by the bytes before EIP."""
+        try:
+            before = self.m.mem.read_lin(eip - 2, 2)
+        except (GuestFault, Unsupported):
+            return 0
+        if before[0] == 0xCD and before[1] == vector:
+            return 2
+        if (vector, before[1]) in ((3, 0xCC), (4, 0xCE)):
+            return 1
+        return 0
 
     def _deliver(self, frame: Frame, f: GuestFault, guest_eip: int) -> None:
         self.vectors[f.vector] += 1
         self.exits[f"fault:{f.vector}"] += 1
         if f.cr2 is not None:
             self.vcpu.cr2 = f.cr2
-        handler = self.vcpu.raise_exception(frame, f.vector, f.error_code, guest_eip)
-        frame.eip = self.tcache.get(handler).body
-        frame.commit()
+        self._enter_handler(frame, lambda: self.vcpu.raise_exception(
+            frame, f.vector, f.error_code, guest_eip))
 
     def _guest_pc(self, ccf: CCF, tc_eip: int) -> tuple[int, str | None]:
         pcmap = ccf.code.pcmap
@@ -288,6 +583,8 @@ class BTEngine:
         """The guest EIP the CPU is at: inside a CCF, mapped back; at an exit,
         the instruction the exit stands for."""
         eip = self.regs.read(X.UC_X86_REG_EIP)
+        if self.user_mode:
+            return eip
         ccf = self.tcache.ccf_at(eip)
         if ccf is not None and eip != ccf.tc_end:
             return self._guest_pc(ccf, eip)[0]

@@ -34,6 +34,9 @@ class GuestMemory:
         self._ram = ram
         self.size = len(ram)
         self.on_write: Callable[[int, int], None] = lambda addr, n: None
+        # Guest-linear to guest-physical (the shadow MMU's guest page walk);
+        # identity while the guest runs with paging off.
+        self.translate: Callable[[int, bool], int] = lambda addr, write: addr & 0xFFFFFFFF
 
     def _check(self, addr: int, n: int) -> None:
         if addr < 0 or addr + n > self.size:
@@ -49,18 +52,59 @@ class GuestMemory:
         self.on_write(addr, len(data))
         self._ram[addr:addr + len(data)] = data
 
-    def fetch(self, addr: int, n: int) -> bytes:
-        """Code bytes for the decoder: up to n bytes, fewer at the end of RAM."""
-        if not 0 <= addr < self.size:
-            raise Unsupported(f"guest executes nonexistent physical memory at {addr:#x}")
-        return self._ram[addr:min(addr + n, self.size)]
+    def write_raw(self, addr: int, data: bytes) -> None:
+        """A store the traces already accounted for (the guest's own, replayed)."""
+        self._ram[addr:addr + len(data)] = data
 
-    # Guest-linear accesses. With guest paging off, linear is physical.
+    def fetch(self, addr: int, n: int) -> bytes:
+        """Code bytes at guest-linear `addr` for the decoder: up to n bytes,
+        fewer where the next page is not mapped (a GuestFault if the first is not)."""
+        out = b""
+        for i, (phys, chunk) in enumerate(self._fetch_pieces(addr, n)):
+            if phys is None:
+                break
+            if not 0 <= phys < self.size:
+                if i == 0:
+                    raise Unsupported(f"guest executes nonexistent physical memory at {phys:#x}")
+                break
+            out += self._ram[phys:min(phys + chunk, self.size)]
+        return out
+
+    def _fetch_pieces(self, addr: int, n: int):
+        first = True
+        addr &= 0xFFFFFFFF
+        while n:
+            chunk = min(n, 0x1000 - (addr & 0xFFF))
+            try:
+                yield self.translate(addr, False), chunk
+            except GuestFault:
+                if first:
+                    raise
+                yield None, chunk
+                return
+            first = False
+            addr = (addr + chunk) & 0xFFFFFFFF
+            n -= chunk
+
+    # Guest-linear accesses, split at page boundaries, translated through the
+    # guest's page tables (a GuestFault(14) when they would fault).
+    def _pieces(self, addr: int, n: int, write: bool):
+        addr &= 0xFFFFFFFF
+        while n:
+            chunk = min(n, 0x1000 - (addr & 0xFFF))
+            yield self.translate(addr, write), chunk
+            addr = (addr + chunk) & 0xFFFFFFFF
+            n -= chunk
+
     def read_lin(self, addr: int, n: int) -> bytes:
-        return self.read_phys(addr & 0xFFFFFFFF, n)
+        return b"".join(self.read_phys(p, c) for p, c in self._pieces(addr, n, False))
 
     def write_lin(self, addr: int, data: bytes) -> None:
-        self.write_phys(addr & 0xFFFFFFFF, data)
+        pieces = list(self._pieces(addr, len(data), True))   # all translations before any store
+        off = 0
+        for phys, chunk in pieces:
+            self.write_phys(phys, data[off:off + chunk])
+            off += chunk
 
     def read_u(self, addr: int, n: int) -> int:
         return int.from_bytes(self.read_lin(addr, n), "little")

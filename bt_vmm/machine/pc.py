@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import threading
 from dataclasses import dataclass
 
 from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc
@@ -29,7 +30,8 @@ from bt_vmm.hosted.console import SerialSink
 from bt_vmm.loaders import BootImage
 from bt_vmm.machine.layout import MON_BASE, MON_SIZE
 from bt_vmm.machine.memory import GuestMemory
-from bt_vmm.shadow_mmu import build_flat_shadow
+from bt_vmm.shadow_mmu.mmu import ShadowMMU
+from bt_vmm.shadow_mmu.traces import PageTraces
 from bt_vmm.tcache import region as R
 from bt_vmm.vcpu.descriptors import FLAT_CODE, Descriptor
 from bt_vmm.vcpu.regs import Regs
@@ -65,8 +67,17 @@ class Machine:
         self.uc = uc
         self.regs = Regs(uc)
         self.mem = GuestMemory(uc, self.ram)
+        self.traces = PageTraces(uc, self.mem.write_raw)
+        self.mmu = ShadowMMU(uc, self.ram, mem_size, self.traces, mmio=[])
+        self.mem.on_write = self.traces.notify
+        self.mem.translate = lambda linear, write: self.mmu.translate(linear, write)
         self.vcpu = VCpu(uc, self.regs, self.mem)
+        self.vcpu.paging_changed = self._paging_changed
+        self.vcpu.invlpg = self.mmu.invlpg
         self.bus = PortBus()
+        self.timers: list = []
+        self.pic = None
+        self.host_event = threading.Event()
         self.devices = Devices(
             uart=Uart16550(COM1, sink=sink.write),
             acpi=AcpiPm(ACPI_PM_BASE),
@@ -75,6 +86,32 @@ class Machine:
         self.bus.register(COM1, uart16550.PORT_COUNT, self.devices.uart)
         self.bus.register(ACPI_PM_BASE, acpi_pm.PORT_COUNT, self.devices.acpi)
         self.bus.register(DEBUG_EXIT_PORT, debug_exit.PORT_COUNT, self.devices.debug_exit)
+
+    # --- time and interrupts, as the engines see them ---------------------------
+    def next_deadline(self) -> float | None:
+        """When the next timer needs the monitor (host monotonic clock)."""
+        deadlines = [d for d in (t.next_deadline() for t in self.timers) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def tick(self, now: float) -> None:
+        for t in self.timers:
+            t.tick(now)
+
+    def interrupt_pending(self) -> bool:
+        return self.pic is not None and self.pic.has_interrupt()
+
+    def acknowledge_interrupt(self) -> int:
+        return self.pic.acknowledge()
+
+    def wait_for_event(self, timeout: float | None) -> None:
+        """Sleep while the guest halts, until `timeout` or host input arrives."""
+        self.host_event.wait(timeout)
+        self.host_event.clear()
+
+    def _paging_changed(self) -> None:
+        v = self.vcpu
+        self.mmu.configure(paging=bool(v.cr0 & CR0_PG), cr3=v.cr3, wp=bool(v.cr0 & CR0_WP),
+                           pse=bool(v.cr4 & CR4_PSE))
 
     def load(self, boot: BootImage) -> None:
         """Put the image in RAM and the CPU in the state Multiboot promises
@@ -95,7 +132,7 @@ class Machine:
         regs.write(X.UC_X86_REG_CS, R.MON_CS_SEL)
         regs.write(X.UC_X86_REG_GS, R.MON_GS_SEL_VALUE)
         self.vcpu.reset_multiboot()
-        regs.write(X.UC_X86_REG_CR3, build_flat_shadow(uc, self.mem_size))
+        self._paging_changed()                       # the identity shadow
         regs.write(X.UC_X86_REG_CR4, CR4_PSE | CR4_SMAP)
         regs.write(X.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
         regs.write(X.UC_X86_REG_EFLAGS, 0x2)

@@ -1,50 +1,69 @@
-"""Traces on guest pages that hold translated code.
+"""Traces: write-protected guest-physical pages whose writes the monitor must see.
 
-A traced page is write-protected in unicorn's physical memory map; a guest
-store to it reaches the MEM_WRITE_PROT hook, where the monitor drops the CCFs
-the store overlaps, performs the store itself and lets execution continue with
-the page still traced. Stores that touch no translated byte (data sharing a page
-with code) cost one hook and invalidate nothing -- QEMU's per-page code bitmap
-makes the same distinction. A page whose last CCF is gone is untraced.
+Two kinds of guest pages are traced: pages holding translated code (a write
+may make CCFs stale) and pages holding guest page tables (a write may make
+shadow entries stale). A traced page is write-protected in unicorn's physical
+memory map; a guest store to it reaches the MEM_WRITE_PROT hook (which
+reports the physical address), where each owner of the trace brings its state
+up to date, and the monitor then performs the store itself and lets execution
+continue with the page still traced. Stores the monitor makes into guest RAM
+are reported to the same owners. Stores that concern no owner's bytes (data
+sharing a page with code) cost one exit and invalidate nothing.
 
 Tracing a page costs a unicorn region split (about 1 ms with RAM mapped by
-pointer); shadow page tables will carry traces as read-only PTEs instead
-once the guest runs with paging.
+pointer), paid once per page while it stays traced.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol
 
 from unicorn import UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, Uc
 
 from bt_vmm.machine.layout import PAGE_SIZE
 
 
-class CodeTraces:
-    def __init__(self, uc: Uc, on_write: Callable[[int, int], None]) -> None:
+class TraceOwner(Protocol):
+    def traced_write(self, phys: int, size: int) -> None: ...
+
+
+class PageTraces:
+    def __init__(self, uc: Uc, ram_write: Callable[[int, bytes], None]) -> None:
         self._uc = uc
-        self._on_write = on_write
-        self.pages: set[int] = set()
+        self._ram_write = ram_write
+        self.owners: dict[int, set[TraceOwner]] = {}   # page -> owners
         self.trace_faults = 0
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._hook)
 
-    def trace(self, page: int) -> None:
-        if page not in self.pages:
-            self.pages.add(page)
+    @property
+    def pages(self) -> set[int]:
+        return set(self.owners)
+
+    def trace(self, page: int, owner: TraceOwner) -> None:
+        owners = self.owners.get(page)
+        if owners is None:
+            self.owners[page] = {owner}
             self._uc.mem_protect(page, PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+        else:
+            owners.add(owner)
 
-    def untrace(self, page: int) -> None:
-        if page in self.pages:
-            self.pages.discard(page)
-            self._uc.mem_protect(page, PAGE_SIZE, UC_PROT_ALL)
+    def untrace(self, page: int, owner: TraceOwner) -> None:
+        owners = self.owners.get(page)
+        if owners is not None:
+            owners.discard(owner)
+            if not owners:
+                del self.owners[page]
+                self._uc.mem_protect(page, PAGE_SIZE, UC_PROT_ALL)
 
-    def untrace_all(self) -> None:
-        for page in list(self.pages):
-            self.untrace(page)
+    def notify(self, phys: int, size: int) -> None:
+        """A write to guest RAM (by the guest or the monitor) at [phys, phys+size)."""
+        first, last = phys & ~(PAGE_SIZE - 1), (phys + size - 1) & ~(PAGE_SIZE - 1)
+        for page in {first, last}:
+            for owner in list(self.owners.get(page, ())):
+                owner.traced_write(phys, size)
 
     def _hook(self, uc: Uc, _access: int, addr: int, size: int, value: int, _ud: object) -> bool:
         self.trace_faults += 1
-        self._on_write(addr, size)
-        uc.mem_write(addr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        self.notify(addr, size)
+        self._ram_write(addr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
         return True

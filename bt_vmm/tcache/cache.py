@@ -20,6 +20,8 @@ from unicorn import Uc
 
 from bt_vmm.decoder import TranslationUnit, decode_tu
 from bt_vmm.machine.layout import PAGE_SIZE
+from bt_vmm.machine.memory import GuestFault
+from bt_vmm.shadow_mmu.traces import PageTraces
 from bt_vmm.tcache import region as R
 from bt_vmm.translator import CCFCode, Callout, ExitSite, Translator
 from bt_vmm.translator.templates import INT3, rel32, t
@@ -32,6 +34,7 @@ class CCF:
     code: CCFCode
     incoming: list[ExitSite] = field(default_factory=list)
     generation: int = 0          # the TC generation (flush count) it was born in
+    phys: list[tuple[int, int]] = field(default_factory=list)   # guest-physical byte ranges
     dead: bool = False
     executions: int = 0          # harvested from the in-TC counter when it dies
 
@@ -54,12 +57,12 @@ class CCF:
 
 class TCache:
     def __init__(self, uc: Uc, translator_factory: Callable[[int], Translator],
-                 fetch: Callable[[int, int], bytes], trace_page: Callable[[int], None],
-                 untrace_page: Callable[[int], None], tc_size: int = R.TC_END - R.TC_BASE) -> None:
+                 fetch: Callable[[int, int], bytes], traces: PageTraces,
+                 phys_of: Callable[[int], int], tc_size: int = R.TC_END - R.TC_BASE) -> None:
         self._uc = uc
         self._fetch = fetch
-        self._trace_page = trace_page
-        self._untrace_page = untrace_page
+        self._traces = traces
+        self._phys_of = phys_of
         self.by_pc: dict[int, CCF] = {}
         self.callouts: dict[int, Callout] = {}    # keyed by the EIP after the int3
         self._starts: list[int] = []              # TC addresses of live and dead CCFs, ascending
@@ -131,9 +134,11 @@ class TCache:
             if target is not None:
                 target.incoming.append(site)
                 self.stats["chained"] += 1
-        for page in tu.pages:
+        ccf.phys = self._phys_ranges(tu)
+        for lo, _ in ccf.phys:
+            page = lo & ~(PAGE_SIZE - 1)
             self._by_page.setdefault(page, set()).add(ccf)
-            self._trace_page(page)
+            self._traces.trace(page, self)
         self.fill_table(ccf)
         self.stats["translated"] += 1
         self.stats["guest_bytes"] += tu.end - tu.pc
@@ -142,6 +147,20 @@ class TCache:
         self.stats["ccf_bytes"] += len(code.code)
         self.occupancy_peak = max(self.occupancy_peak, self.occupancy)
         return ccf
+
+    def _phys_ranges(self, tu: TranslationUnit) -> list[tuple[int, int]]:
+        """The guest-physical bytes a TU was decoded from, page by page."""
+        out = []
+        addr, end = tu.pc, tu.end
+        while addr < end:
+            chunk = min(end, (addr & ~(PAGE_SIZE - 1)) + PAGE_SIZE) - addr
+            try:
+                phys = self._phys_of(addr)
+            except GuestFault:
+                break
+            out.append((phys, phys + chunk))
+            addr += chunk
+        return out
 
     def _resolve(self, pc: int) -> int | None:
         ccf = self.by_pc.get(pc)
@@ -166,16 +185,13 @@ class TCache:
         self._uc.ctl_remove_cache(field_addr - 2, field_addr + 4)
 
     # --- invalidation ---------------------------------------------------------
-    def guest_write(self, addr: int, size: int) -> int:
-        """A guest store to [addr, addr+size) hit a traced page: drop every CCF
-        whose guest bytes it overlaps. Returns how many were dropped."""
-        dropped = 0
-        for page in range(addr & ~(PAGE_SIZE - 1), addr + size, PAGE_SIZE):
+    def traced_write(self, phys: int, size: int) -> None:
+        """A store to [phys, phys+size) hit a page holding translated code: drop
+        every CCF whose guest bytes it overlaps."""
+        for page in {phys & ~(PAGE_SIZE - 1), (phys + size - 1) & ~(PAGE_SIZE - 1)}:
             for ccf in list(self._by_page.get(page, ())):
-                if ccf.pc < addr + size and addr < ccf.tu.end:
+                if any(lo < phys + size and phys < hi for lo, hi in ccf.phys):
                     self.invalidate(ccf, "smc-write")
-                    dropped += 1
-        return dropped
 
     def invalidate(self, ccf: CCF, reason: str) -> None:
         if ccf.dead:
@@ -196,13 +212,14 @@ class TCache:
         self._uc.mem_write(ccf.body, INT3)
         self._uc.ctl_remove_cache(ccf.body, ccf.body + 1)
         self.callouts[ccf.body + 1] = Callout("reenter", ccf.body, ccf.pc, ccf=ccf)
-        for page in ccf.tu.pages:
+        for lo, _ in ccf.phys:
+            page = lo & ~(PAGE_SIZE - 1)
             owners = self._by_page.get(page)
             if owners is not None:
                 owners.discard(ccf)
                 if not owners:
                     del self._by_page[page]
-                    self._untrace_page(page)
+                    self._traces.untrace(page, self)
         ccf.executions = self.executions(ccf)
 
     def flush(self, reason: str) -> None:
@@ -217,7 +234,7 @@ class TCache:
         self._starts.clear()
         self.by_pc.clear()
         for page in list(self._by_page):
-            self._untrace_page(page)
+            self._traces.untrace(page, self)
         self._by_page.clear()
         shared = {k: v for k, v in self.callouts.items() if v.ccf is None}
         self.callouts = shared

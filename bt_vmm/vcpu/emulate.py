@@ -55,7 +55,7 @@ class Emulator:
             C.X86_INS_LGDT: self._lgdt, C.X86_INS_LIDT: self._lidt,
             C.X86_INS_LLDT: self._lldt, C.X86_INS_LTR: self._ltr,
             C.X86_INS_CLTS: self._clts, C.X86_INS_LMSW: self._lmsw,
-            C.X86_INS_INVLPG: self._nop, C.X86_INS_INVD: self._nop, C.X86_INS_WBINVD: self._nop,
+            C.X86_INS_INVLPG: self._invlpg, C.X86_INS_INVD: self._nop, C.X86_INS_WBINVD: self._nop,
             C.X86_INS_LAR: self._lar, C.X86_INS_LSL: self._lsl,
             C.X86_INS_VERR: self._verr, C.X86_INS_VERW: self._verw,
             C.X86_INS_PUSHF: self._pushf16, C.X86_INS_POPF: self._popf16,
@@ -65,7 +65,7 @@ class Emulator:
             C.X86_INS_JMP: self._ljmp, C.X86_INS_CALL: self._lcall, C.X86_INS_RET: self._unsupported,
             C.X86_INS_INT: self._int, C.X86_INS_INT3: self._int3, C.X86_INS_INTO: self._into,
             C.X86_INS_INT1: self._int1,
-            C.X86_INS_SYSENTER: self._unsupported, C.X86_INS_SYSEXIT: self._unsupported,
+            C.X86_INS_SYSENTER: self._sysenter, C.X86_INS_SYSEXIT: self._sysexit,
             C.X86_INS_SYSCALL: self._ud, C.X86_INS_SYSRET: self._ud, C.X86_INS_RSM: self._ud,
         }
         for iid in _SEG_LOAD_IDS:
@@ -283,6 +283,9 @@ class Emulator:
     def _nop(self, frame: Frame, insn) -> None:
         return None
 
+    def _invlpg(self, frame: Frame, insn) -> None:
+        self.vcpu.invlpg(self._ea(frame, insn.cs.operands[0]))
+
     def _mov(self, frame: Frame, insn) -> int | None:
         dst, src = insn.cs.operands
         if dst.type == C.X86_OP_REG and dst.reg in _CR:
@@ -381,6 +384,8 @@ class Emulator:
         if eflags_now & 0x4000:
             raise Unsupported("iret with EFLAGS.NT (task return) is not virtualized")
         eip, cs, eflags = self._peek(frame, 0), self._peek(frame, 4) & 0xFFFF, self._peek(frame, 8)
+        if (cs & 3) > self.vcpu.cpl:
+            return self.vcpu.iret_outer(frame, eip, cs, eflags)
         seg = self.vcpu.code_segment(cs)
         if self.vcpu.cpl != 0:
             eflags = (eflags & ~IOPL) | (eflags_now & IOPL)
@@ -394,6 +399,8 @@ class Emulator:
     def _retf(self, frame: Frame, insn) -> int:
         imm = insn.cs.operands[0].imm if insn.cs.operands else 0
         eip, cs = self._peek(frame, 0), self._peek(frame, 4) & 0xFFFF
+        if (cs & 3) > self.vcpu.cpl:
+            raise Unsupported("far return to an outer privilege level is not virtualized yet")
         self.vcpu.set_cs(self.vcpu.code_segment(cs))
         frame.esp += 8 + imm
         return eip
@@ -434,6 +441,12 @@ class Emulator:
 
     def _int1(self, frame: Frame, insn) -> int:
         return self.vcpu.raise_exception(frame, 1, None, insn.next)
+
+    def _sysenter(self, frame: Frame, insn) -> int:
+        return self.vcpu.sysenter(frame)
+
+    def _sysexit(self, frame: Frame, insn) -> int:
+        return self.vcpu.sysexit(frame)
 
     def _ud(self, frame: Frame, insn) -> int:
         raise GuestFault(6)

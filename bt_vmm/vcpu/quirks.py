@@ -19,7 +19,7 @@ from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc
 from unicorn.unicorn_py3.unicorn import uclib
 from unicorn import x86_const as X
 
-from bt_vmm.vcpu.descriptors import FLAT_CODE, FLAT_DATA
+from bt_vmm.vcpu.descriptors import FLAT_CODE, FLAT_DATA, Descriptor
 
 _PROBE_SELECTOR = 0x1238   # beyond the probe GDT's limit: #GP(0x1238)
 
@@ -82,3 +82,63 @@ class FaultState:
         ctypes.c_int32.from_address(self._ptr + self._old_off).value = -1
         uclib.uc_context_restore(h, self._ctx.context)
         return err
+
+
+@functools.lru_cache(maxsize=1)
+def hflags_offset() -> int:
+    """Offset of the CPU's hidden-flags word (whose low two bits are the CPL)
+    in a saved context, found by diffing a CPL0 and a CPL3 context of a probe
+    engine that differ in nothing else a program can see."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    user_code = Descriptor(0, 0xFFFFFFFF, 0xFB, 0xC).pack()
+    user_data = Descriptor(0, 0xFFFFFFFF, 0xF3, 0xC).pack()
+    gdt = bytes(8) + FLAT_CODE.pack() + FLAT_DATA.pack() + user_code + user_data
+    uc.mem_write(0x3000, gdt)
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x3000, len(gdt) - 1, 0))
+    uc.reg_write(X.UC_X86_REG_CR0, 1)
+    uc.reg_write(X.UC_X86_REG_CS, 0x08)
+    uc.reg_write(X.UC_X86_REG_SS, 0x10)
+    for reg in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+        uc.reg_write(reg, 0x23)
+    # push ss=0x23, esp, eflags, cs=0x1b, eip=0x2000 ; iretd  -> CPL3 at 0x2000
+    code = (b"\x6a\x23\x68\x00\x90\x00\x00\x6a\x02\x6a\x1b\x68\x00\x20\x00\x00\xcf")
+    uc.mem_write(0x1000, code)
+    uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    uc.reg_write(X.UC_X86_REG_EIP, 0x1000)
+    cpl0 = bytes(uc.context_save())
+    uc.emu_start(0x1000, 0x2000)
+    uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    uc.reg_write(X.UC_X86_REG_EIP, 0x1000)
+    uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+    cpl3 = bytes(uc.context_save())
+    for off in range(0, len(cpl0) - 3, 4):
+        a = struct.unpack_from("<I", cpl0, off)[0]
+        b = struct.unpack_from("<I", cpl3, off)[0]
+        if a ^ b == 3 and a & 3 == 0:
+            return off
+    raise RuntimeError("cannot locate unicorn's hidden flags in its saved context")
+
+
+class CplSwitch:
+    """Moves unicorn between CPL0 (the TC) and CPL3 (direct execution).
+
+    Unicorn only changes privilege inside instructions; from the host a
+    segment write at CPL3 may not load a kernel selector and vice versa. So
+    the CPL bits of the hidden flags are set in the saved context and the
+    segment registers are loaded afterwards, with the architectural checks of
+    the new level (about 3 us).
+    """
+
+    def __init__(self, uc: Uc) -> None:
+        self._uc = uc
+        self._off = hflags_offset()
+        self._ctx = uc.context_save()
+        self._ptr = ctypes.cast(self._ctx.context, ctypes.c_void_p).value
+
+    def set_cpl(self, cpl: int) -> None:
+        h = self._uc._uch
+        uclib.uc_context_save(h, self._ctx.context)
+        word = ctypes.c_uint32.from_address(self._ptr + self._off)
+        word.value = (word.value & ~3) | cpl
+        uclib.uc_context_restore(h, self._ctx.context)

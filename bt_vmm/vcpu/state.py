@@ -36,6 +36,8 @@ CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE, CR0_WP, CR0_PG = (
 CR0_MIRRORED = CR0_MP | CR0_EM | CR0_TS | CR0_NE
 CR4_PSE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_SMAP = 1 << 4, 1 << 9, 1 << 10, 1 << 21
 CR4_MIRRORED = CR4_OSFXSR | CR4_OSXMMEXCPT
+CR4_VME, CR4_PVI, CR4_PAE, CR4_PGE = 1 << 0, 1 << 1, 1 << 5, 1 << 7
+CR4_UNSUPPORTED = CR4_VME | CR4_PVI | CR4_PAE
 
 UC_SEG = {"ds": X.UC_X86_REG_DS, "es": X.UC_X86_REG_ES, "fs": X.UC_X86_REG_FS,
           "ss": X.UC_X86_REG_SS}
@@ -58,6 +60,8 @@ class TripleFault(Exception):
 
 
 CONTRIBUTORY = {0, 10, 11, 12, 13}
+USER_CODE = Descriptor(0, 0xFFFFFFFF, 0xFB, 0xC)
+USER_DATA = Descriptor(0, 0xFFFFFFFF, 0xF3, 0xC)
 
 
 class VCpu:
@@ -78,8 +82,9 @@ class VCpu:
         self.msr: dict[int, int] = {MSR_SYSENTER_CS: 0, MSR_SYSENTER_ESP: 0, MSR_SYSENTER_EIP: 0,
                                     MSR_PLATFORM_ID: 0, MSR_MISC_ENABLE: 1}
         self.segs: dict[str, Segment] = {}
-        self.real_cr0_base = 0
-        self.real_cr4_base = 0
+        # Called after CR0/CR3/CR4 writes: the shadow MMU follows the guest's paging.
+        self.paging_changed = lambda: None
+        self.invlpg = lambda linear: None
 
     # --- start-up -------------------------------------------------------------
     def reset_multiboot(self, code_sel: int = 0x08, data_sel: int = 0x10) -> None:
@@ -104,6 +109,11 @@ class VCpu:
         self._uc.mem_write(R.lin(R.VIF), struct.pack("<III", eflags & IF, eflags & IOPL, eflags & AC))
 
     def guest_eflags(self, real: int) -> int:
+        """The guest's EFLAGS. At CPL3 the guest runs directly and the real
+        EFLAGS are its own (IOPL and IF included, so that unicorn applies the
+        IOPL checks); at CPL0 IF/IOPL/AC live in the monitor page."""
+        if self.cpl == 3:
+            return real | 0x2
         return (real & ~VIRTUAL_FLAGS) | self.vflags() | 0x2
 
     def load_eflags(self, frame, value: int) -> None:
@@ -111,7 +121,22 @@ class VCpu:
         if value & VM:
             raise Unsupported("guest entered virtual-8086 mode, which is not virtualized")
         self.set_vflags(value)
-        frame.eflags = (value & ~(VIRTUAL_FLAGS | VM | RF)) | 0x2
+        if self.cpl == 3:
+            frame.eflags = (value & ~(VM | RF)) | 0x2
+        else:
+            frame.eflags = (value & ~(VIRTUAL_FLAGS | VM | RF)) | 0x2
+
+    def interrupts_enabled_now(self, real_eflags: int) -> bool:
+        """EFLAGS.IF as the guest has it at this moment."""
+        return bool(real_eflags & IF) if self.cpl == 3 else self.interrupts_enabled
+
+    def sync_virtual_gs(self) -> None:
+        """Entering the TC: the guest's GS becomes virtual (the TC runs on the
+        monitor's GS and swaps the guest's in around gs: accesses)."""
+        gs = self.segs["gs"]
+        if gs.selector & 0xFFFC and not gs.selector & 4:
+            self._shadow_put(gs.selector >> 3, gs.desc.pack())
+        self._put_u32(R.VGS, gs.selector)
 
     @property
     def interrupts_enabled(self) -> bool:
@@ -123,19 +148,23 @@ class VCpu:
         if n == 0:
             if not value & CR0_PE:
                 raise Unsupported("guest left protected mode (CR0.PE=0): real mode is not virtualized")
-            if value & CR0_PG:
-                raise Unsupported("guest enabled paging (CR0.PG=1): shadow paging is not implemented yet")
             self.cr0 = value | CR0_ET
             real = self._regs.read(X.UC_X86_REG_CR0)
             self._regs.write(X.UC_X86_REG_CR0, (real & ~CR0_MIRRORED) | (value & CR0_MIRRORED))
+            self.paging_changed()
         elif n == 2:
             self.cr2 = value
         elif n == 3:
             self.cr3 = value
+            self.paging_changed()
         elif n == 4:
+            if value & CR4_UNSUPPORTED:
+                raise Unsupported(f"guest set CR4 bits {value & CR4_UNSUPPORTED:#x} (PAE/VME/PVI), "
+                                  "which this CPU does not report")
             self.cr4 = value
             real = self._regs.read(X.UC_X86_REG_CR4)
             self._regs.write(X.UC_X86_REG_CR4, (real & ~CR4_MIRRORED) | (value & CR4_MIRRORED))
+            self.paging_changed()
         else:
             raise GuestFault(6)
 
@@ -192,15 +221,18 @@ class VCpu:
         raw = desc if isinstance(desc, bytes) else desc.pack()
         self._uc.mem_write(R.lin(R.SHADOW_GDT) + 8 * index, raw)
 
-    def load_data_segment(self, name: str, selector: int) -> None:
-        """mov/pop/lxs into DS, ES, FS, GS or SS, with the checks of SDM vol. 2 'MOV'."""
+    def load_data_segment(self, name: str, selector: int, commit: bool = True) -> None:
+        """mov/pop/lxs into DS, ES, FS, GS or SS, with the checks of SDM vol. 2 'MOV'.
+        With commit=False only the vCPU changes (a privilege change in progress:
+        the engine loads unicorn's registers once it runs at the new level)."""
         selector &= 0xFFFF
         if selector & 0xFFFC == 0:
             if name == "ss":
                 raise GuestFault(13, 0)
             desc = Descriptor(0, 0, 0, 0)
             self.segs[name] = Segment(selector, desc)
-            self._commit_segment(name, selector)
+            if commit:
+                self._commit_segment(name, selector)
             return
         desc, raw = self.read_descriptor(selector)
         rpl, err = selector & 3, selector & 0xFFFC
@@ -222,7 +254,8 @@ class VCpu:
         else:
             raise Unsupported("segment loads from an LDT are not virtualized yet")
         self.segs[name] = Segment(selector, Descriptor.unpack(raw))
-        self._commit_segment(name, selector)
+        if commit:
+            self._commit_segment(name, selector)
 
     def _commit_segment(self, name: str, selector: int) -> None:
         if name == "gs":
@@ -237,32 +270,43 @@ class VCpu:
         self._regs.write(UC_SEG[name], selector)
         self._regs.write(X.UC_X86_REG_EFLAGS, eflags)
 
-    def code_segment(self, selector: int, ext: int = 0) -> Segment:
-        """Check a far transfer's target code segment at the same privilege level."""
+    def code_segment(self, selector: int, ext: int = 0, outer: bool = False,
+                     gate: bool = False) -> Segment:
+        """Check the code segment a control transfer loads (SDM vol. 2, JMP/CALL/
+        RET/IRET and 6.12.1). `outer`: a return to a less privileged ring (the new
+        CPL is the selector's RPL); `gate`: an interrupt gate's target, which may be
+        more privileged (the new CPL is its DPL)."""
         selector &= 0xFFFF
         if selector & 0xFFFC == 0:
             raise GuestFault(13, ext)
         desc, raw = self.read_descriptor(selector, ext)
         err = (selector & 0xFFFC) | ext
+        rpl = selector & 3
         if not desc.is_code:
             if desc.is_system:
                 raise Unsupported("far transfers through call gates or task gates are not virtualized yet")
             raise GuestFault(13, err)
-        if desc.conforming:
+        if outer:
+            if rpl <= self.cpl or (desc.conforming and desc.dpl > rpl) or (
+                    not desc.conforming and desc.dpl != rpl):
+                raise GuestFault(13, err)
+            new_cpl = rpl
+        elif gate:
             if desc.dpl > self.cpl:
                 raise GuestFault(13, err)
-        elif desc.dpl != self.cpl or (selector & 3) > self.cpl:
-            if desc.dpl < self.cpl or (selector & 3) > self.cpl:
-                raise Unsupported(f"control transfer to ring {desc.dpl} from ring {self.cpl} "
-                                  "is not virtualized yet")
-            raise GuestFault(13, err)
+            new_cpl = self.cpl if desc.conforming else desc.dpl
+        else:
+            if (desc.conforming and desc.dpl > self.cpl) or (
+                    not desc.conforming and (desc.dpl != self.cpl or rpl > self.cpl)):
+                raise GuestFault(13, err)
+            new_cpl = self.cpl
         if not desc.present:
             raise GuestFault(11, err)
         if desc.base != 0 or not desc.big:
             raise Unsupported(f"code segment {selector:#x} with base {desc.base:#x} "
                               f"{'32' if desc.big else '16'}-bit: only flat 32-bit code is translated")
         raw = self._set_accessed(selector, raw)
-        return Segment((selector & ~3) | self.cpl, Descriptor.unpack(raw))
+        return Segment((selector & ~3) | new_cpl, Descriptor.unpack(raw))
 
     def set_cs(self, seg: Segment) -> None:
         self.segs["cs"] = seg
@@ -315,16 +359,27 @@ class VCpu:
             raise GuestFault(13, vector * 8 + 2)
         if not gate.present:
             raise GuestFault(11, vector * 8 + 2 + ext)
-        cs = self.code_segment(gate.selector, ext)
+        cs = self.code_segment(gate.selector, ext, gate=True)
+        new_cpl = cs.selector & 3
         eflags = self.guest_eflags(frame.eflags)
-        ss = self.seg_base("ss")
         words = [eflags, self.segs["cs"].selector, eip]
+        if new_cpl < self.cpl:
+            # Inner-level delivery: the handler's stack comes from the TSS and
+            # the interrupted SS:ESP goes on it first (SDM 6.12.1, figure 6-4).
+            ss_sel, esp = self.tss_stack(new_cpl, ext)
+            ss = self._stack_segment(ss_sel, new_cpl, ext)
+            words = [self.segs["ss"].selector, frame.esp] + words
+        else:
+            ss, esp = self.segs["ss"], frame.esp
         if error_code is not None:
             words.append(error_code)
-        esp = frame.esp
         for w in words:
             esp = (esp - 4) & 0xFFFFFFFF
-            self.mem.write_u(ss + esp, 4, w)
+            self.mem.write_u(ss.desc.base + esp, 4, w)
+        if new_cpl < self.cpl:
+            self.cpl = new_cpl
+            self.segs["ss"] = ss
+            self._shadow_put(ss.selector >> 3, ss.desc.pack())
         frame.esp = esp
         new = eflags & ~(TF | NT | RF | VM)
         if gate.kind == GATE_INT32:
@@ -332,3 +387,82 @@ class VCpu:
         self.load_eflags(frame, new)
         self.set_cs(cs)
         return gate.offset
+
+    def tss_stack(self, cpl: int, ext: int = 0) -> tuple[int, int]:
+        """SS and ESP for ring `cpl` from the current 32-bit TSS."""
+        base, limit = self.tr.desc.base, self.tr.desc.limit
+        if not self.tr.selector or 8 * cpl + 11 > limit:
+            raise GuestFault(10, (self.tr.selector & 0xFFFC) | ext)
+        esp = self.mem.read_u(base + 4 + 8 * cpl, 4)
+        ss = self.mem.read_u(base + 8 + 8 * cpl, 2)
+        return ss, esp
+
+    def _stack_segment(self, selector: int, cpl: int, ext: int) -> Segment:
+        """Checks on a new stack segment from the TSS or an iret frame."""
+        if selector & 0xFFFC == 0:
+            raise GuestFault(10, ext)
+        desc, raw = self.read_descriptor(selector, ext)
+        err = (selector & 0xFFFC) | ext
+        if (selector & 3) != cpl or desc.dpl != cpl or not desc.writable:
+            raise GuestFault(10 if ext else 13, err)
+        if not desc.present:
+            raise GuestFault(12, err)
+        return Segment(selector, Descriptor.unpack(self._set_accessed(selector, raw)))
+
+    def iret_outer(self, frame, eip: int, cs_sel: int, eflags: int) -> int:
+        """iret to a less privileged ring: also pops ESP and SS; data segments
+        the new ring may not use become null (SDM vol. 2, IRET)."""
+        cs = self.code_segment(cs_sel, outer=True)
+        new_cpl = cs.selector & 3
+        esp = self.mem.read_u(self.seg_base("ss") + ((frame.esp + 12) & 0xFFFFFFFF), 4)
+        ss_sel = self.mem.read_u(self.seg_base("ss") + ((frame.esp + 16) & 0xFFFFFFFF), 2)
+        ss = self._stack_segment(ss_sel, new_cpl, 0)
+        self.cpl = new_cpl
+        self.load_eflags(frame, eflags)
+        self.set_cs(cs)
+        self.segs["ss"] = ss
+        self._shadow_put(ss.selector >> 3, ss.desc.pack())
+        for name in ("ds", "es", "fs", "gs"):
+            d = self.segs[name].desc
+            if d.access and (d.is_data or not d.conforming) and d.dpl < new_cpl:
+                self.segs[name] = Segment(0, Descriptor(0, 0, 0, 0))
+        frame.esp = esp
+        return eip
+
+    # --- fast system calls (SDM vol. 2, SYSENTER/SYSEXIT) ------------------------
+    def sysenter(self, frame) -> int:
+        """Enter ring 0 at IA32_SYSENTER_EIP with flat segments from IA32_SYSENTER_CS."""
+        cs = self.msr[MSR_SYSENTER_CS] & 0xFFFC
+        if not cs:
+            raise GuestFault(13, 0)
+        eflags = self.guest_eflags(frame.eflags) & ~(VM | IF | RF)
+        self.cpl = 0
+        self.set_cs(Segment(cs, FLAT_CODE))
+        self.segs["ss"] = Segment(cs + 8, FLAT_DATA)
+        self._shadow_put((cs + 8) >> 3, FLAT_DATA)
+        self.load_eflags(frame, eflags)
+        frame.esp = self.msr[MSR_SYSENTER_ESP] & 0xFFFFFFFF
+        return self.msr[MSR_SYSENTER_EIP] & 0xFFFFFFFF
+
+    def sysexit(self, frame) -> int:
+        """Return to ring 3 at EDX with ESP = ECX and flat user segments."""
+        cs = self.msr[MSR_SYSENTER_CS] & 0xFFFC
+        if not cs or self.cpl != 0:
+            raise GuestFault(13, 0)
+        eflags = self.guest_eflags(frame.eflags)
+        self.cpl = 3
+        self.set_cs(Segment((cs + 16) | 3, USER_CODE))
+        self.segs["ss"] = Segment((cs + 24) | 3, USER_DATA)
+        self._shadow_put((cs + 16) >> 3, USER_CODE)
+        self._shadow_put((cs + 24) >> 3, USER_DATA)
+        self.load_eflags(frame, eflags)
+        frame.esp = frame.r[1]
+        return frame.r[2]
+
+    def sync_gdt(self) -> None:
+        """Copy the guest's GDT into the shadow GDT: code running directly may
+        load any of its selectors without an exit."""
+        base, limit = self.gdtr
+        n = min(limit + 1, 8 * R.FIRST_MONITOR_GDT_INDEX)
+        if n > 8:
+            self._uc.mem_write(R.lin(R.SHADOW_GDT) + 8, self.mem.read_lin(base + 8, n - 8))
