@@ -127,6 +127,7 @@ class BTEngine:
             options.tc_size)
         self.emu = Emulator(machine.vcpu, machine.bus)
         self.faults = FaultState(uc)
+        machine.traces.after_protect = self.faults.reset
         self.cpl_switch = CplSwitch(uc)
         self.exits: Counter[str] = Counter()
         self.vectors: Counter[int] = Counter()

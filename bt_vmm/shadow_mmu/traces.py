@@ -33,6 +33,9 @@ class PageTraces:
         self._ram_write = ram_write
         self.owners: dict[int, set[TraceOwner]] = {}   # page -> owners
         self.trace_faults = 0
+        # Called after each protection change (the engine clears unicorn's
+        # exception state there: see vcpu/quirks.py FaultState.reset).
+        self.after_protect: Callable[[], None] = lambda: None
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._hook)
 
     @property
@@ -44,6 +47,7 @@ class PageTraces:
         if owners is None:
             self.owners[page] = {owner}
             self._uc.mem_protect(page, PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+            self.after_protect()
         else:
             owners.add(owner)
 
@@ -54,6 +58,7 @@ class PageTraces:
             if not owners:
                 del self.owners[page]
                 self._uc.mem_protect(page, PAGE_SIZE, UC_PROT_ALL)
+                self.after_protect()
 
     def notify(self, phys: int, size: int) -> None:
         """A write to guest RAM (by the guest or the monitor) at [phys, phys+size)."""

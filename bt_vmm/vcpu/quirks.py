@@ -73,6 +73,15 @@ class FaultState:
         self._ctx = uc.context_save()
         self._ptr = ctypes.cast(self._ctx.context, ctypes.c_void_p).value
 
+    def reset(self) -> None:
+        """Clear a stale old_exception. Needed after uc_mem_protect as well: it
+        invalidates translated blocks by translating the *physical* page as a
+        linear address, and a page fault in that walk is remembered."""
+        h = self._uc._uch
+        uclib.uc_context_save(h, self._ctx.context)
+        ctypes.c_int32.from_address(self._ptr + self._old_off).value = -1
+        uclib.uc_context_restore(h, self._ctx.context)
+
     def error_code_and_reset(self) -> int:
         """Call inside the INTR hook for a fault: returns its error code and re-arms
         unicorn so the next fault is not mistaken for a double fault."""
