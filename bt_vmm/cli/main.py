@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--append", default="", help="kernel command line")
     r.add_argument("--module", action="append", default=[], metavar="'PATH [ARGS]'",
                    help="multiboot module (repeatable); the string is passed to the guest as is")
+    r.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]",
+                   help="raw disk image on IDE (repeatable, up to 4: primary master, slave, "
+                        "secondary master, slave); ',ro' leaves the file untouched")
     r.add_argument("-m", "--mem", type=parse_size, default=64 << 20, help="guest RAM (default 64M)")
     r.add_argument("--serial", default="stdio", help="stdio | none | file:PATH (default stdio)")
     r.add_argument("--engine", choices=["bt"], default="bt", help="execution engine")
@@ -128,6 +131,16 @@ def _read_kernel(args) -> tuple[str, bytes]:
     return path.name, path.read_bytes()
 
 
+def _stdin_fd() -> int | None:
+    """The standard input's descriptor, if there is one to read the console from."""
+    try:
+        fd = sys.stdin.fileno()
+        os.fstat(fd)
+        return fd
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _read_file(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -152,7 +165,8 @@ def _run(args) -> int:
     from bt_vmm.engines.bt import BTEngine, EngineOptions
     from bt_vmm.hosted.console import check_writable, open_serial_sink
     from bt_vmm.loaders import load_multiboot
-    from bt_vmm.machine.pc import Machine
+    from bt_vmm.hosted.disk import open_disk
+    from bt_vmm.machine.pc import MAX_DISKS, Machine
     from bt_vmm import stats as stats_mod
 
     path, data = _read_kernel(args)
@@ -162,8 +176,20 @@ def _run(args) -> int:
     if args.stats_json is not None:
         check_writable("--stats-json", args.stats_json)   # fail now, not after the run
     counted = bool(args.stats or args.stats_json or args.max_insns)
-    machine = Machine(args.mem, sink)
+    if len(args.disk) > MAX_DISKS:
+        raise BadInput(f"--disk: at most {MAX_DISKS} disks (two IDE channels, master and slave)")
+    disks = []
+    try:
+        for spec in args.disk:
+            disks.append(open_disk(spec))
+    except BadInput:
+        for d in disks:
+            d.close()
+        raise
+    machine = Machine(args.mem, sink, disks)
     machine.load(boot)
+    if args.serial == "stdio" and _stdin_fd() is not None:
+        machine.attach_console_input(_stdin_fd())
     engine = BTEngine(machine, EngineOptions(check=args.check, count=counted,
                                              max_insns=args.max_insns, timeout=args.timeout))
     try:
@@ -171,6 +197,8 @@ def _run(args) -> int:
     except BaseException:
         sink.close()
         raise
+    finally:
+        machine.close()
     sink.finish()
     if result.status not in (0,) and not (result.status & 1):
         print(f"bt-vmm: {result.reason}", file=sys.stderr)

@@ -66,12 +66,21 @@ class EngineOptions:
 
 
 class Watchdog:
-    """One long-lived thread that stops emulation at a deadline (a device timer,
-    --timeout, a retry) or when woken (host input): unicorn's emu_stop is safe
-    to call from another thread while emu_start runs with the GIL released."""
+    """One long-lived thread that gets the monitor control at a deadline (a
+    device timer, --timeout) or when woken (host input).
 
-    def __init__(self, stop) -> None:
+    While guest kernel code runs from the TC it raises the TC's preemption flag,
+    which the CCFs test at every loop back-edge and indirect lookup and exit
+    on, at a guest instruction boundary. While guest user code runs directly it
+    calls emu_stop: unicorn's cross-thread stop can land inside a block and
+    re-execute an instruction (unicorn issue #1355, reproduced here on TC code),
+    so it is kept to direct execution, made under the machine's hook lock
+    (never while a hook runs) and repeated every millisecond until the monitor
+    re-arms the watchdog."""
+
+    def __init__(self, stop, lock) -> None:
         self._stop = stop
+        self._lock = lock
         self._cv = threading.Condition()
         self._deadline: float | None = None
         self.fired = False
@@ -96,8 +105,10 @@ class Watchdog:
             self._cv.notify()
 
     def _loop(self) -> None:
-        with self._cv:
-            while self._alive:
+        while True:
+            with self._cv:
+                if not self._alive:
+                    return
                 if self._deadline is None:
                     self._cv.wait()
                     continue
@@ -105,9 +116,9 @@ class Watchdog:
                 if delay > 0:
                     self._cv.wait(delay)
                     continue
-                self._deadline = None
+                self._deadline = time.monotonic() + 1e-3   # repeat until re-armed
                 self.fired = True
-                self._stop()
+            self._stop()
 
 
 class BTEngine:
@@ -142,7 +153,9 @@ class BTEngine:
         self._pending_fault: tuple[int, GuestFault | None] | None = None
         self._retry_at: float | None = None
         self._exit_eip_after_halt = 0
-        self.watchdog = Watchdog(uc.emu_stop)
+        self._lock = machine.hook_lock
+        self.watchdog = Watchdog(self._preempt_request, self._lock)
+        machine.on_host_input = self.watchdog.wake
         if options.max_insns is not None:
             uc.mem_write(R.lin(R.BUDGET), struct.pack("<i", min(options.max_insns, 0x7FFFFFFF)))
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
@@ -161,6 +174,7 @@ class BTEngine:
         start = time.perf_counter()
         if self.opts.timeout:
             self._deadline = time.monotonic() + self.opts.timeout
+        self._lock.acquire()
         try:
             eip = self.tcache.get(entry).body
             while True:
@@ -168,10 +182,13 @@ class BTEngine:
                     return self._result(start, EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s")
                 self._halted = False
                 self.watchdog.arm(self._next_deadline())
+                self._lock.release()
                 try:
                     uc.emu_start(eip, self.tcache.stop_addr)
                 except UcError as e:
+                    self._lock.acquire()
                     return self._result(start, EXIT_MONITOR, f"unicorn stopped: {e}", dump=True)
+                self._lock.acquire()
                 self.watchdog.arm(None)
                 if self._error is not None:
                     raise self._error
@@ -193,10 +210,34 @@ class BTEngine:
                                         f"emulation stopped outside the TC at {eip:#x}", dump=True)
         finally:
             self.watchdog.close()
+            self._lock.release()
             self.m.devices.uart.flush()
 
     def _result(self, start: float, status: int, reason: str, dump: bool = False) -> RunResult:
         return RunResult(status, reason, time.perf_counter() - start, self.dump_state() if dump else "")
+
+    def _preempt_request(self) -> None:
+        """From the watchdog thread: get the monitor control soon."""
+        struct.pack_into("<I", self.m.mon, R.PREEMPT, 1)
+        with self._lock:
+            if self.user_mode:
+                self.m.uc.emu_stop()
+
+    def _preempted(self, guest_eip: int, frame_fixup=None) -> None:
+        """A check point in the TC saw the preemption flag: the CPU is at a
+        guest instruction boundary (`guest_eip`), so timers run and an
+        interrupt that is due is delivered here."""
+        struct.pack_into("<I", self.m.mon, R.PREEMPT, 0)
+        self.exits["preempt"] += 1
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self._finish(EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s")
+            return
+        if self._interrupt_deliverable():
+            frame = Frame(self.regs)
+            if frame_fixup is not None:
+                frame_fixup(frame)
+            self._deliver_interrupt(frame, guest_eip)
+        self.watchdog.arm(self._next_deadline())
 
     def _finish(self, status: int, reason: str) -> None:
         if self._stop is None:
@@ -332,7 +373,8 @@ class BTEngine:
     # --- hooks ----------------------------------------------------------------------
     def _guarded(self, fn, *args):
         try:
-            return fn(*args)
+            with self._lock:
+                return fn(*args)
         except GuestExit as e:
             self._finish(e.status, e.reason)
         except TripleFault as e:
@@ -364,7 +406,8 @@ class BTEngine:
     def _on_untranslated(self, uc, address: int, size: int, _ud) -> None:
         if not self.user_mode:
             self.check_violations += 1
-            self._finish(EXIT_MONITOR, f"check failed: guest instruction at {address:#x} ran outside the TC")
+            self._guarded(self._finish, EXIT_MONITOR,
+                          f"check failed: guest instruction at {address:#x} ran outside the TC")
 
     # User-mode port I/O reaches these hooks with no IOPL check (unicorn does not
     # apply one); the monitor applies IOPL here. A refused access cannot be
@@ -374,14 +417,21 @@ class BTEngine:
         return (eflags & IOPL) >> 12 >= 3
 
     def _on_user_in(self, uc, port: int, size: int, _ud) -> int:
+        value = self._guarded(self._user_in, port, size)
+        return (1 << (8 * size)) - 1 if value is None else value
+
+    def _user_in(self, port: int, size: int) -> int | None:
         if self._user_io_allowed():
-            return self._guarded(self.m.bus.read, port, size) or 0
+            return self.m.bus.read(port, size)
         self._refuse_user_io()
-        return (1 << (8 * size)) - 1
+        return None
 
     def _on_user_out(self, uc, port: int, size: int, value: int, _ud) -> None:
+        self._guarded(self._user_out, port, size, value)
+
+    def _user_out(self, port: int, size: int, value: int) -> None:
         if self._user_io_allowed():
-            self._guarded(self.m.bus.write, port, size, value)
+            self.m.bus.write(port, size, value)
         else:
             self._refuse_user_io()
 
@@ -391,7 +441,10 @@ class BTEngine:
         self.m.uc.emu_stop()
 
     def _on_sysenter(self, uc, _ud) -> None:
-        # The instruction is not emulated by unicorn: finish it after the stop.
+        self._guarded(self._sysenter_hook)
+
+    def _sysenter_hook(self) -> None:
+        # Unicorn does not emulate sysenter: finish it after the stop.
         self.exits["sysenter"] += 1
         self._pending_fault = (self.regs.read(X.UC_X86_REG_EIP), None)
         self.m.uc.emu_stop()
@@ -448,6 +501,15 @@ class BTEngine:
             self.exits["irq-window"] += 1
             if self._interrupt_deliverable():
                 self._deliver_interrupt(Frame(self.regs), c.guest_eip)
+        elif kind == "preempt":
+            self._preempted(c.guest_eip)
+        elif kind == "preempt-lookup":
+            guest_ecx, target = struct.unpack("<II", self.m.uc.mem_read(R.lin(R.S_ECX), 8))
+
+            def restore(frame: Frame) -> None:     # the lookup borrowed ECX and set AC
+                frame.r[1] = guest_ecx
+                frame.eflags &= ~AC
+            self._preempted(target, restore)
         elif kind == "insn-limit":
             self._finish(EXIT_INSN_LIMIT, f"--max-insns {self.opts.max_insns} reached")
         else:  # pragma: no cover

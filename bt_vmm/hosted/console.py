@@ -12,7 +12,10 @@ errors that come with that live here. `--serial` takes one of:
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
+from typing import Callable
 from typing import BinaryIO
 
 from ..errors import BadInput
@@ -116,3 +119,54 @@ def open_serial_sink(spec: str) -> SerialSink:
     if spec.startswith("file:") and len(spec) > len("file:"):
         return FileSink(os.path.expanduser(spec[len("file:"):]))
     raise BadInput(f"--serial: expected stdio, none or file:PATH, got {spec!r}")
+
+
+class ConsoleInput:
+    """Host keyboard (or pipe) input for the guest's serial console.
+
+    A thread reads the host's standard input and queues the bytes; the VMM
+    world drains the queue into the UART when it has control, and `on_input`
+    tells it that there is something to drain. A terminal is put in raw mode
+    for the run (so each key reaches the guest as typed, Ctrl-C included) and
+    restored at the end.
+    """
+
+    def __init__(self, fd: int, on_input: Callable[[], None]) -> None:
+        self._fd = fd
+        self._on_input = on_input
+        self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._saved_tty = None
+        self.bytes_read = 0
+        if os.isatty(fd):
+            import termios
+            import tty
+            self._saved_tty = termios.tcgetattr(fd)
+            tty.setraw(fd)
+        self._thread = threading.Thread(target=self._read_loop, name="bt-vmm-console", daemon=True)
+        self._thread.start()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                data = os.read(self._fd, 1024)
+            except OSError:
+                return
+            if not data:
+                return
+            self.bytes_read += len(data)
+            self._queue.put(data)
+            self._on_input()
+
+    def drain(self) -> bytes:
+        out = b""
+        while True:
+            try:
+                out += self._queue.get_nowait()
+            except queue.Empty:
+                return out
+
+    def close(self) -> None:
+        if self._saved_tty is not None:
+            import termios
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved_tty)
+            self._saved_tty = None

@@ -28,8 +28,9 @@ class TraceOwner(Protocol):
 
 
 class PageTraces:
-    def __init__(self, uc: Uc, ram_write: Callable[[int, bytes], None]) -> None:
+    def __init__(self, uc: Uc, ram_write: Callable[[int, bytes], None], lock) -> None:
         self._uc = uc
+        self._lock = lock
         self._ram_write = ram_write
         self.owners: dict[int, set[TraceOwner]] = {}   # page -> owners
         self.trace_faults = 0
@@ -68,7 +69,8 @@ class PageTraces:
                 owner.traced_write(phys, size)
 
     def _hook(self, uc: Uc, _access: int, addr: int, size: int, value: int, _ud: object) -> bool:
-        self.trace_faults += 1
-        self.notify(addr, size)
-        self._ram_write(addr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        with self._lock:
+            self.trace_faults += 1
+            self.notify(addr, size)
+            self._ram_write(addr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
         return True

@@ -79,12 +79,17 @@ class TCache:
         self._tc_hi = self._tc_lo + tc_size
         self.lookup_addr = self._tc_lo
         self.translator = translator_factory(self.lookup_addr)
-        lookup = t("lookup_counted" if self.translator.count else "lookup").code
+        # The lookup routine starts with a preemption check: returns and
+        # indirect branches (recursion, dispatch loops) are check points too.
+        preempt = t("lookup_preempt").code
+        lookup = preempt + t("lookup_counted" if self.translator.count else "lookup").code
         self.miss_stub = self.lookup_addr + len(lookup)
         self.stop_addr = self.miss_stub + 1
         shared = lookup + INT3 + b"\xf4"
         uc.mem_write(self.lookup_addr, shared)
         self.callouts[self.miss_stub + 1] = Callout("lookup-miss", self.miss_stub, 0)
+        preempt_int3 = self.lookup_addr + preempt.index(INT3)
+        self.callouts[preempt_int3 + 1] = Callout("preempt-lookup", preempt_int3, 0)
         self._alloc_lo = (self.lookup_addr + len(shared) + 15) & ~15
         self._alloc = self._alloc_lo
         self._next_slot = 0

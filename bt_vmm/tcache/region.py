@@ -31,6 +31,7 @@ VGS = 0x024          # guest GS selector (loaded into GS around gs: accesses)
 BUDGET = 0x028       # --max-insns: guest instructions left (signed)
 MON_GS_SEL = 0x02C   # the monitor's GS selector, reloaded after a GS swap
 N_LOOKUPS = 0x030    # u64: indirect lookups performed inside the TC
+PREEMPT = 0x038      # set by the monitor's timer thread: exit at the next check point
 DATA_SIZE = 0x1000
 
 # --- tables ------------------------------------------------------------------

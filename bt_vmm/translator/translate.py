@@ -173,16 +173,27 @@ class Translator:
         k = insn.kind
         cs = insn.cs
         if k is Kind.JMP:
+            self._back_edge_check(e, insn, cs.operands[0].imm)
             e.exit_jmp(cs.operands[0].imm, "jmp")
         elif k is Kind.JCC:
             op = cs.opcode
             cc = (op[1] if op[0] == 0x0F else op[0]) & 0xF
-            e.exit_jmp(cs.operands[0].imm, "taken", bytes([0x0F, 0x80 | cc]))
+            target = cs.operands[0].imm
+            if target <= insn.addr:
+                # A loop: the taken side goes through the preemption check.
+                e.raw(bytes([0x0F, 0x80 | (cc ^ 1)]) + b"\0\0\0\0")
+                skip = len(e.buf)
+                self._back_edge_check(e, insn, target)
+                e.exit_jmp(target, "taken")
+                struct.pack_into("<i", e.buf, skip - 4, len(e.buf) - skip)
+            else:
+                e.exit_jmp(target, "taken", bytes([0x0F, 0x80 | cc]))
             e.exit_jmp(insn.next, "fallthrough")
         elif k is Kind.JRCXZ:
             # jecxz/loop have only a rel8 form: hop over the fall-through exit.
             e.raw(insn.raw[:-1] + b"\x05")
             e.exit_jmp(insn.next, "fallthrough")
+            self._back_edge_check(e, insn, cs.operands[0].imm)
             e.exit_jmp(cs.operands[0].imm, "taken")
         elif k is Kind.CALL:
             e.raw(b"\x68" + struct.pack("<I", insn.next))   # push the guest return address
@@ -228,6 +239,15 @@ class Translator:
             e.int3("undefined", insn.addr, insn)
         else:  # pragma: no cover - every Kind is handled above
             raise AssertionError(k)
+
+    def _back_edge_check(self, e: _Emitter, insn: Insn, target: int) -> None:
+        """Loops are where guest kernel code can run without ever exiting: give
+        every backward branch a preemption check, so timer interrupts reach a
+        busy-waiting kernel without stopping unicorn from another thread."""
+        if target <= insn.addr:
+            e.mark(target)
+            e.int3_inside(t("preempt_check").code, "preempt", target)
+            e.mark(insn.addr)
 
     def _seg_read(self, e: _Emitter, insn: Insn) -> None:
         ops = insn.cs.operands

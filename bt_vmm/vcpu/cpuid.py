@@ -15,11 +15,12 @@ FPU, VME, DE, PSE, TSC, MSR, PAE, MCE, CX8, APIC = (1 << i for i in range(10))
 SEP, MTRR, PGE, MCA, CMOV, PAT = 1 << 11, 1 << 12, 1 << 13, 1 << 14, 1 << 15, 1 << 16
 CLFSH, MMX, FXSR, SSE, SSE2 = 1 << 19, 1 << 23, 1 << 24, 1 << 25, 1 << 26
 
-EDX_FEATURES = FPU | DE | PSE | TSC | MSR | CX8 | SEP | PGE | CMOV | MMX | FXSR | SSE | SSE2
+EDX_FEATURES = FPU | DE | PSE | TSC | MSR | CX8 | APIC | SEP | PGE | CMOV | MMX | FXSR | SSE | SSE2
 ECX_FEATURES = 1 << 0        # SSE3
 VENDOR = b"GenuineIntel"
 BRAND = b"bt_vmm virtual i686 CPU".ljust(48, b"\0")
-SIGNATURE = (6 << 8) | (13 << 4) | 8   # family 6, model 13, stepping 8: a Pentium M class part
+SIGNATURE_TUPLE = (6, 13, 8)            # family, model, stepping: a Pentium M class part
+SIGNATURE = (SIGNATURE_TUPLE[0] << 8) | (SIGNATURE_TUPLE[1] << 4) | SIGNATURE_TUPLE[2]
 MAX_BASIC = 1
 MAX_EXTENDED = 0x80000004
 

@@ -82,6 +82,8 @@ class VCpu:
         self.msr: dict[int, int] = {MSR_SYSENTER_CS: 0, MSR_SYSENTER_ESP: 0, MSR_SYSENTER_EIP: 0,
                                     MSR_PLATFORM_ID: 0, MSR_MISC_ENABLE: 1}
         self.segs: dict[str, Segment] = {}
+        # MSRs that belong to devices (IA32_APIC_BASE): index -> (read, write)
+        self.msr_handlers: dict[int, tuple] = {}
         # Called after CR0/CR3/CR4 writes: the shadow MMU follows the guest's paging.
         self.paging_changed = lambda: None
         self.invlpg = lambda linear: None
@@ -177,6 +179,8 @@ class VCpu:
 
     # --- MSRs -----------------------------------------------------------------
     def rdmsr(self, index: int) -> int:
+        if index in self.msr_handlers:
+            return self.msr_handlers[index][0]()
         if index == MSR_TSC:
             return time.perf_counter_ns()   # the TSC follows the host clock (1 GHz)
         if index in self.msr:
@@ -184,6 +188,9 @@ class VCpu:
         raise GuestFault(13, 0)
 
     def wrmsr(self, index: int, value: int) -> None:
+        if index in self.msr_handlers:
+            self.msr_handlers[index][1](value)
+            return
         if index in self.msr:
             self.msr[index] = value & 0xFFFFFFFFFFFFFFFF
             return
