@@ -44,7 +44,7 @@ from bt_vmm.vcpu.quirks import CplSwitch, FaultState
 from bt_vmm.vcpu.state import AC, IF, IOPL, TripleFault
 
 ERROR_CODE_VECTORS = {8, 10, 11, 12, 13, 14, 17}
-RETRY_DELAY = 50e-6         # a stop that landed inside a rewrite sequence is retried this soon
+USER_GRACE = 4e-3           # how long directly executed code may ignore the preemption flag
 SEG_REGS = (("ds", X.UC_X86_REG_DS), ("es", X.UC_X86_REG_ES), ("fs", X.UC_X86_REG_FS))
 
 
@@ -84,6 +84,7 @@ class Watchdog:
         self._cv = threading.Condition()
         self._deadline: float | None = None
         self.fired = False
+        self._stage = 0
         self._alive = True
         self._thread = threading.Thread(target=self._loop, name="bt-vmm-watchdog", daemon=True)
         self._thread.start()
@@ -92,6 +93,7 @@ class Watchdog:
         with self._cv:
             self._deadline = deadline
             self.fired = False
+            self._stage = 0
             self._cv.notify()
 
     def wake(self) -> None:
@@ -116,9 +118,12 @@ class Watchdog:
                 if delay > 0:
                     self._cv.wait(delay)
                     continue
-                self._deadline = time.monotonic() + 1e-3   # repeat until re-armed
+                # Ask again (more forcefully) until the monitor re-arms.
+                self._deadline = time.monotonic() + (USER_GRACE if self._stage == 0 else 1e-3)
+                stage = self._stage
+                self._stage += 1
                 self.fired = True
-            self._stop()
+            self._stop(stage)
 
 
 class BTEngine:
@@ -151,7 +156,6 @@ class BTEngine:
         self._deadline: float | None = None
         self._exit_eip: int | None = None   # guest EIP of the exit being handled
         self._pending_fault: tuple[int, GuestFault | None] | None = None
-        self._retry_at: float | None = None
         self._exit_eip_after_halt = 0
         self._lock = machine.hook_lock
         self.watchdog = Watchdog(self._preempt_request, self._lock)
@@ -190,6 +194,7 @@ class BTEngine:
                     return self._result(start, EXIT_MONITOR, f"unicorn stopped: {e}", dump=True)
                 self._lock.acquire()
                 self.watchdog.arm(None)
+                self.faults.reset()      # an exception cut short by the stop must not linger
                 if self._error is not None:
                     raise self._error
                 if self._stop is not None:
@@ -216,12 +221,14 @@ class BTEngine:
     def _result(self, start: float, status: int, reason: str, dump: bool = False) -> RunResult:
         return RunResult(status, reason, time.perf_counter() - start, self.dump_state() if dump else "")
 
-    def _preempt_request(self) -> None:
+    def _preempt_request(self, stage: int) -> None:
         """From the watchdog thread: get the monitor control soon."""
         struct.pack_into("<I", self.m.mon, R.PREEMPT, 1)
-        with self._lock:
-            if self.user_mode:
-                self.m.uc.emu_stop()
+        if stage:
+            with self._lock:
+                if self.user_mode:
+                    self.exits["user-preempt-stop"] += 1
+                    self.m.uc.emu_stop()
 
     def _preempted(self, guest_eip: int, frame_fixup=None) -> None:
         """A check point in the TC saw the preemption flag: the CPU is at a
@@ -248,9 +255,7 @@ class BTEngine:
         return R.lin(R.TC_BASE) <= eip < R.lin(R.TC_END)
 
     def _next_deadline(self) -> float | None:
-        candidates = [d for d in (self._deadline, self._retry_at, self.m.next_deadline())
-                      if d is not None]
-        self._retry_at = None
+        candidates = [d for d in (self._deadline, self.m.next_deadline()) if d is not None]
         return min(candidates) if candidates else None
 
     # --- interrupts -----------------------------------------------------------------
@@ -266,35 +271,23 @@ class BTEngine:
         return self._update_pending() and self.vcpu.interrupts_enabled_now(
             self.regs.read(X.UC_X86_REG_EFLAGS))
 
+    def _user_preempted(self) -> None:
+        """Directly executed code is at an instruction boundary (an exit of its
+        own, or a stop): hand over a pending preemption there."""
+        struct.pack_into("<I", self.m.mon, R.PREEMPT, 0)
+        self.exits["preempt"] += 1
+        if self._interrupt_deliverable():
+            frame = Frame(self.regs)
+            self._deliver_interrupt(frame, frame.eip)
+        else:
+            self.watchdog.arm(self._next_deadline())
+
     def _asynchronous_stop(self) -> None:
         """Emulation stopped for a deadline or host input: deliver an interrupt
         if one is due and the CPU is at a guest instruction boundary."""
         self.exits["async-stop"] += 1
-        if not self._interrupt_deliverable():
-            return
-        frame = Frame(self.regs)
         if self.user_mode:
-            self._deliver_interrupt(frame, frame.eip)
-            return
-        guest_eip = self._clean_point(frame)
-        if guest_eip is None:
-            self.exits["async-retry"] += 1
-            self._retry_at = time.monotonic() + RETRY_DELAY
-            return
-        self._deliver_interrupt(frame, guest_eip)
-
-    def _clean_point(self, frame: Frame) -> int | None:
-        """The guest EIP if unicorn stopped exactly where a guest instruction's
-        translation begins, with no borrowed register and AC clear."""
-        if frame.eflags & AC:
-            return None
-        ccf = self.tcache.ccf_at(frame.eip)
-        if ccf is None:
-            return None
-        for tc, guest_eip, fixup in ccf.code.pcmap:
-            if tc == frame.eip and fixup is None:
-                return guest_eip
-        return None
+            self._user_preempted()
 
     def _deliver_interrupt(self, frame: Frame, guest_eip: int) -> None:
         vector = self.m.acknowledge_interrupt()
@@ -369,6 +362,11 @@ class BTEngine:
             self.mmu.set_user(False)
             self.user_mode = False
             self.exits["to-kernel"] += 1
+        else:
+            return
+        # Descriptor reads during the segment loads above go through the new
+        # page tables; a miss there leaves unicorn believing a #PF is in flight.
+        self.faults.reset()
 
     # --- hooks ----------------------------------------------------------------------
     def _guarded(self, fn, *args):
@@ -387,6 +385,11 @@ class BTEngine:
 
     def _on_intr(self, uc, intno: int, _ud) -> None:
         if self.user_mode:
+            if self._pending_fault is not None:
+                # A refused port access earlier in the block: on hardware the
+                # #GP came first and this event never happened.
+                self._guarded(self._deliver_pending_fault)
+                return
             self._guarded(self._user_exception, intno)
             return
         if intno == 3:
@@ -409,9 +412,13 @@ class BTEngine:
             self._guarded(self._finish, EXIT_MONITOR,
                           f"check failed: guest instruction at {address:#x} ran outside the TC")
 
-    # User-mode port I/O reaches these hooks with no IOPL check (unicorn does not
-    # apply one); the monitor applies IOPL here. A refused access cannot be
-    # undone mid-block: the #GP is delivered when emulation stops, right after.
+    # User-mode port I/O reaches these hooks with no IOPL check (unicorn's
+    # translator skips it, and does not even bring EIP up to date before the
+    # helper). The monitor applies IOPL here. A refused access cannot be
+    # undone mid-block: the hook finds the instruction by decoding forward from
+    # the last synchronised EIP, restores EAX, and the #GP is delivered at
+    # that instruction when the block ends -- with any register-only
+    # instructions between it and the end of the block already executed.
     def _user_io_allowed(self) -> bool:
         eflags = self.regs.read(X.UC_X86_REG_EFLAGS)
         return (eflags & IOPL) >> 12 >= 3
@@ -437,8 +444,24 @@ class BTEngine:
 
     def _refuse_user_io(self) -> None:
         self.exits["user-io-refused"] += 1
-        self._pending_fault = (self.regs.read(X.UC_X86_REG_EIP), GuestFault(13, 0))
+        eip = self._find_io_insn(self.regs.read(X.UC_X86_REG_EIP))
+        self._pending_fault = (eip, GuestFault(13, 0))
+        self._pending_eax = self.regs.read(X.UC_X86_REG_EAX)
         self.m.uc.emu_stop()
+
+    def _find_io_insn(self, start: int) -> int:
+        from capstone import x86_const as C
+        from bt_vmm.decoder.tu import _md
+        io = {C.X86_INS_IN, C.X86_INS_OUT, C.X86_INS_INSB, C.X86_INS_INSW, C.X86_INS_INSD,
+              C.X86_INS_OUTSB, C.X86_INS_OUTSW, C.X86_INS_OUTSD}
+        try:
+            code = self.m.mem.read_lin(start, 256)
+        except (GuestFault, Unsupported):
+            return start
+        for insn in _md.disasm(code, start):
+            if insn.id in io:
+                return insn.address
+        return start
 
     def _on_sysenter(self, uc, _ud) -> None:
         self._guarded(self._sysenter_hook)
@@ -456,6 +479,7 @@ class BTEngine:
         if fault is None:   # sysenter
             self._enter_handler(frame, lambda: self.vcpu.sysenter(frame))
         else:
+            frame.r[0] = self._pending_eax
             self._enter_handler(frame, lambda: self.vcpu.raise_exception(frame, 13, 0, eip))
 
     # --- callouts -----------------------------------------------------------------
@@ -607,6 +631,8 @@ class BTEngine:
             try:
                 self.mmu.page_fault(cr2, err, user=True)
                 self.exits["hidden-fault"] += 1
+                if struct.unpack_from("<I", self.m.mon, R.PREEMPT)[0]:
+                    self._user_preempted()
                 return
             except GuestFault as f:
                 fault = f

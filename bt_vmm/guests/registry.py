@@ -27,6 +27,11 @@ GUESTS: dict[str, tuple[str, str]] = {
         "smc.elf",
         "self-checking self-modifying and runtime-generated code",
     ),
+    "testos": (
+        "testos.elf",
+        "multi-process test OS: paging, ring-3 processes, int 0x80, preemption, "
+        "demand paging, copy-on-write fork, ATA disk, serial shell",
+    ),
 }
 
 
