@@ -46,8 +46,20 @@ def collect(engine, result, counted: bool) -> dict[str, Any]:
         "flushes_by_reason": dict(tc.flushes),
         "tc_occupancy_peak_bytes": tc.occupancy_peak,
         "trace_faults": engine.traces.trace_faults,
-        "exceptions_by_vector": {str(k): v for k, v in sorted(engine.vectors.items())},
+        "page_faults": {
+            "hidden": engine.mmu.stats["hidden-faults"],
+            "true": engine.mmu.stats["true-faults"],
+            "trace (page-table writes)": engine.mmu.stats["pt-writes"],
+        },
+        "shadow_page_tables": {
+            "built": engine.mmu.stats["shadow-pts-built"],
+            "dropped": engine.mmu.stats["shadow-pts-dropped"],
+            "address spaces built": engine.mmu.stats["spaces-built"],
+            "address spaces dropped": engine.mmu.stats["spaces-dropped"],
+        },
+        "exceptions_and_interrupts_by_vector": {str(k): v for k, v in sorted(engine.vectors.items())},
         "guest_insns_executed_from_tc": tc.guest_insns_executed() if counted else None,
+        "user_insns_executed_directly": engine.insns_direct if counted else None,
         "unclaimed_io_reads": sum(engine.m.bus.unclaimed_reads.values()),
         "unclaimed_io_writes": sum(engine.m.bus.unclaimed_writes.values()),
     }

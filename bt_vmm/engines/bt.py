@@ -27,7 +27,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UcError
+from unicorn import (UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
+                     UcError)
 from unicorn import x86_const as X
 
 from bt_vmm.errors import (EXIT_INSN_LIMIT, EXIT_MONITOR, EXIT_TIMEOUT, EXIT_TRIPLE_FAULT,
@@ -141,12 +142,12 @@ class BTEngine:
             uc, lambda lookup: Translator(lookup, options.count, options.max_insns is not None),
             machine.mem.fetch, machine.traces, lambda linear: machine.mmu.translate(linear),
             options.tc_size)
+        machine.mmu.on_remap = self.tcache.remapped
         self.emu = Emulator(machine.vcpu, machine.bus)
         self.faults = FaultState(uc)
         machine.traces.after_protect = self.faults.reset
         self.cpl_switch = CplSwitch(uc)
         self.exits: Counter[str] = Counter()
-        self.vectors: Counter[int] = Counter()
         self.insns_direct = 0
         self.check_violations = 0
         self.user_mode = False
@@ -167,6 +168,11 @@ class BTEngine:
         uc.hook_add(UC_HOOK_INSN, self._on_user_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_user_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
+        if options.count:
+            # Blocks below the monitor region are directly executed user code
+            # (kernel code only ever runs from the TC): count their instructions.
+            self._block_insns: dict[tuple[int, int], int] = {}
+            uc.hook_add(UC_HOOK_BLOCK, self._on_user_block, begin=0, end=MON_BASE - 1)
         if options.check:
             # Guest kernel code must only ever run as CCFs: an instruction
             # fetched below the monitor region at CPL0 ran untranslated.
@@ -293,7 +299,6 @@ class BTEngine:
         vector = self.m.acknowledge_interrupt()
         self._update_pending()
         self.exits["interrupt"] += 1
-        self.vectors[vector] += 1
         self._enter_handler(frame, lambda: self.vcpu.raise_exception(frame, vector, None, guest_eip))
 
     def _wait_for_interrupt(self) -> None:
@@ -405,6 +410,18 @@ class BTEngine:
         else:
             self._guarded(self._fault, 6)
         return self._stop is None and self._error is None
+
+    def _on_user_block(self, uc, address: int, size: int, _ud) -> None:
+        key = (address, size)
+        n = self._block_insns.get(key)
+        if n is None:
+            from bt_vmm.decoder.tu import _md
+            try:
+                n = sum(1 for _ in _md.disasm_lite(self.m.mem.read_lin(address, size), address))
+            except (GuestFault, Unsupported):
+                n = 0
+            self._block_insns[key] = n
+        self.insns_direct += n
 
     def _on_untranslated(self, uc, address: int, size: int, _ud) -> None:
         if not self.user_mode:
@@ -608,6 +625,10 @@ class BTEngine:
         elif fixup == "eax":
             frame.r[0] = struct.unpack("<I", self.m.uc.mem_read(R.lin(R.S_EAX), 4))[0]
         elif fixup == "gs":
+            # Reloading GS reads the shadow GDT, an SMAP-protected user page: with
+            # AC clear (as in a faulting guest instruction) that read faults inside
+            # reg_write and corrupts the process (found by selfcheck).
+            self.regs.write(X.UC_X86_REG_EFLAGS, frame.eflags | AC)
             self.regs.write(X.UC_X86_REG_GS, R.MON_GS_SEL_VALUE)
         frame.eflags &= ~AC
         if vector == 1:
@@ -621,7 +642,6 @@ class BTEngine:
         soft_len = self._software_interrupt_length(vector, eip)
         if soft_len:
             self.exits[f"user-int:{vector:#x}"] += 1
-            self.vectors[vector] += 1
             self._enter_handler(frame, lambda: self.vcpu.raise_exception(
                 frame, vector, None, eip, soft=True, insn_eip=eip - soft_len))
             return
@@ -654,7 +674,6 @@ class BTEngine:
         return 0
 
     def _deliver(self, frame: Frame, f: GuestFault, guest_eip: int) -> None:
-        self.vectors[f.vector] += 1
         self.exits[f"fault:{f.vector}"] += 1
         if f.cr2 is not None:
             self.vcpu.cr2 = f.cr2
@@ -668,6 +687,11 @@ class BTEngine:
         return guest_eip, fixup
 
     # --- reporting ----------------------------------------------------------------
+    @property
+    def vectors(self) -> Counter[int]:
+        """Exceptions and interrupts delivered to the guest, by vector."""
+        return self.vcpu.delivered
+
     def guest_eip(self) -> int | None:
         """The guest EIP the CPU is at: inside a CCF, mapped back; at an exit,
         the instruction the exit stands for."""

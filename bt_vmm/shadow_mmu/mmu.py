@@ -81,6 +81,9 @@ class ShadowMMU:
         self.by_gpt: dict[int, ShadowPT] = {}
         self.by_gpd: dict[int, Space] = {}
         self.stats: Counter[str] = Counter()
+        # Told about every linear range whose mapping changed (the TC keys
+        # translations by linear address).
+        self.on_remap = lambda linear, size: None
         self.paging = False
         self.wp = True
         self.pse = False
@@ -314,6 +317,9 @@ class ShadowMMU:
         first, last = (phys & 0xFFF) >> 2, ((phys + size - 1) & 0xFFF) >> 2
         touched = False
         space = self.by_gpd.get(page)
+        if space is not None and space is self.space:
+            for index in range(first, last + 1):
+                self.on_remap(index << 22, BIG)
         if space is not None:
             for index in range(first, last + 1):
                 if index in space.pts:
@@ -322,6 +328,9 @@ class ShadowMMU:
         pt = self.by_gpt.get(page)
         if pt is not None:
             for index in range(first, last + 1):
+                for user_space, pde_index in pt.users:
+                    if user_space is self.space:
+                        self.on_remap((pde_index << 22) | (index << 12), PAGE_SIZE)
                 if self._get(pt.phys, index):
                     self._set(pt.phys, index, 0)
                     touched = True
@@ -330,6 +339,7 @@ class ShadowMMU:
             self._flush_tlb()
 
     def invlpg(self, linear: int) -> None:
+        self.on_remap(linear & ~0xFFF, PAGE_SIZE)
         pt = self.space.pts.get(linear >> 22)
         if pt is not None:
             self._set(pt.phys, (linear >> 12) & 0x3FF, 0)

@@ -67,7 +67,8 @@ class TCache:
         self.callouts: dict[int, Callout] = {}    # keyed by the EIP after the int3
         self._starts: list[int] = []              # TC addresses of live and dead CCFs, ascending
         self._ccfs: list[CCF] = []
-        self._by_page: dict[int, set[CCF]] = {}
+        self._by_page: dict[int, set[CCF]] = {}     # guest-physical page -> CCFs
+        self._by_linear: dict[int, set[CCF]] = {}   # guest-linear page -> CCFs
         self.retired: list[CCF] = []              # dead CCFs, kept for statistics
         self.generation = 0                       # bumped by every flush
         self.stats = Counter()
@@ -140,6 +141,8 @@ class TCache:
                 target.incoming.append(site)
                 self.stats["chained"] += 1
         ccf.phys = self._phys_ranges(tu)
+        for page in tu.pages:
+            self._by_linear.setdefault(page, set()).add(ccf)
         for lo, _ in ccf.phys:
             page = lo & ~(PAGE_SIZE - 1)
             self._by_page.setdefault(page, set()).add(ccf)
@@ -198,6 +201,15 @@ class TCache:
                 if any(lo < phys + size and phys < hi for lo, hi in ccf.phys):
                     self.invalidate(ccf, "smc-write")
 
+    def remapped(self, linear: int, size: int) -> None:
+        """The guest changed the mapping of [linear, linear+size): CCFs decoded
+        through the old mapping may stand for other bytes now."""
+        if not self._by_linear:
+            return
+        for page in range(linear & ~(PAGE_SIZE - 1), linear + size, PAGE_SIZE):
+            for ccf in list(self._by_linear.get(page, ())):
+                self.invalidate(ccf, "remap")
+
     def invalidate(self, ccf: CCF, reason: str) -> None:
         if ccf.dead:
             return
@@ -217,6 +229,12 @@ class TCache:
         self._uc.mem_write(ccf.body, INT3)
         self._uc.ctl_remove_cache(ccf.body, ccf.body + 1)
         self.callouts[ccf.body + 1] = Callout("reenter", ccf.body, ccf.pc, ccf=ccf)
+        for page in ccf.tu.pages:
+            linear_owners = self._by_linear.get(page)
+            if linear_owners is not None:
+                linear_owners.discard(ccf)
+                if not linear_owners:
+                    del self._by_linear[page]
         for lo, _ in ccf.phys:
             page = lo & ~(PAGE_SIZE - 1)
             owners = self._by_page.get(page)
@@ -241,6 +259,7 @@ class TCache:
         for page in list(self._by_page):
             self._traces.untrace(page, self)
         self._by_page.clear()
+        self._by_linear.clear()
         shared = {k: v for k, v in self.callouts.items() if v.ccf is None}
         self.callouts = shared
         self._alloc = self._alloc_lo
