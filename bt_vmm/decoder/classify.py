@@ -141,8 +141,11 @@ def _reg_operand(insn, i: int) -> int | None:
 
 
 def _near32(insn) -> bool:
-    """A near indirect branch with a 32-bit operand (not a far pointer, not 16-bit)."""
-    return insn.operands[0].size == 4 and insn.prefix[2] != 0x66
+    """A near indirect branch with a 32-bit operand (not a far pointer, not 16-bit).
+    The ModRM reg field tells near (FF /2 call, FF /4 jmp) from far (FF /3, FF /5):
+    capstone 5 reports `call far m16:32` with a 4-byte operand, which made it a
+    near call here (found by selfcheck)."""
+    return ((insn.modrm >> 3) & 7) in (2, 4) and insn.prefix[2] != 0x66
 
 
 def _uses_gs(insn) -> bool:

@@ -27,6 +27,7 @@ from bt_vmm.decoder import Insn, Kind, TranslationUnit
 from bt_vmm.tcache import region as R
 from bt_vmm.translator.templates import INT3, STAC, push_vsel, rel32, seg_read, t
 
+TB_BREAK = b"\xeb\x00"   # jmp $+2: ends unicorn's translation block here
 PREFIXES = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67}
 _REG_NAMES = {C.X86_REG_EAX: "eax", C.X86_REG_ECX: "ecx", C.X86_REG_EDX: "edx",
               C.X86_REG_EBX: "ebx", C.X86_REG_ESP: "esp", C.X86_REG_EBP: "ebp",
@@ -136,6 +137,15 @@ class Translator:
             start = e.here
             e.mark(insn.addr)
             if insn.kind is Kind.IDENT:
+                if insn.cs is not None and insn.cs.id == C.X86_INS_CMPXCHG8B:
+                    # Unicorn 2.1.4 calls cmpxchg8b's helper without syncing its
+                    # lazy-flag state (cc_op), so the flags cmpxchg8b must keep
+                    # are recomputed from stale state -- garbage that can even
+                    # reach TF/DF/AC at the next exit -- whenever a flag-setting
+                    # instruction precedes it in the same unicorn block (the
+                    # counter template at the top of a CCF is one). `jmp $+2`
+                    # ends the block, which syncs the state. (Found by selfcheck.)
+                    e.raw(TB_BREAK)
                 e.raw(insn.raw)
                 ident += 1
             else:

@@ -400,6 +400,9 @@ class Emulator:
         imm = insn.cs.operands[0].imm if insn.cs.operands else 0
         eip, cs = self._peek(frame, 0), self._peek(frame, 4) & 0xFFFF
         if (cs & 3) > self.vcpu.cpl:
+            # The descriptor checks come first: a bad selector is a #GP/#NP for
+            # the guest, not a missing feature (found by selfcheck).
+            self.vcpu.code_segment(cs, outer=True)
             raise Unsupported("far return to an outer privilege level is not virtualized yet")
         self.vcpu.set_cs(self.vcpu.code_segment(cs))
         frame.esp += 8 + imm
@@ -409,17 +412,36 @@ class Emulator:
         ops = insn.cs.operands
         if len(ops) == 2:                      # ptr16:32 immediate
             return ops[0].imm & 0xFFFF, ops[1].imm & 0xFFFFFFFF
-        if ops[0].type != C.X86_OP_MEM or ops[0].size != 6:
+        # FF /3, FF /5 with m16:32 (capstone may give the operand as 4 or 6 bytes)
+        if ops[0].type != C.X86_OP_MEM or insn.cs.prefix[2] == 0x66:
             raise Unsupported(f"'{insn}' at {insn.addr:#x}: 16-bit near/far branches are not translated")
         ea = self._ea(frame, ops[0])
         return self.mem.read_u(ea + 4, 2), self.mem.read_u(ea, 4)
 
+    def _near_indirect(self, frame: Frame, insn) -> int | None:
+        """The target of a near `jmp/call r/m32` that reached the emulator (one
+        that uses the guest's GS, which the TC cannot read inline); None for the
+        far forms. (Found by selfcheck: these used to stop the run.)"""
+        cs = insn.cs
+        if cs.opcode[0] != 0xFF or ((cs.modrm >> 3) & 7) not in (2, 4):
+            return None
+        if cs.prefix[2] == 0x66:
+            raise Unsupported(f"'{insn}' at {insn.addr:#x}: 16-bit near/far branches are not translated")
+        return self._read_op(frame, cs.operands[0]) & 0xFFFFFFFF
+
     def _ljmp(self, frame: Frame, insn) -> int:
+        near = self._near_indirect(frame, insn)
+        if near is not None:
+            return near
         sel, off = self._far_target(frame, insn)
         self.vcpu.set_cs(self.vcpu.code_segment(sel))
         return off
 
     def _lcall(self, frame: Frame, insn) -> int:
+        near = self._near_indirect(frame, insn)
+        if near is not None:
+            self._push(frame, insn.next)
+            return near
         sel, off = self._far_target(frame, insn)
         seg = self.vcpu.code_segment(sel)
         self._push(frame, self.vcpu.segs["cs"].selector)

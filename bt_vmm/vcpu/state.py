@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from unicorn import Uc
@@ -82,6 +83,7 @@ class VCpu:
         self.msr: dict[int, int] = {MSR_SYSENTER_CS: 0, MSR_SYSENTER_ESP: 0, MSR_SYSENTER_EIP: 0,
                                     MSR_PLATFORM_ID: 0, MSR_MISC_ENABLE: 1}
         self.segs: dict[str, Segment] = {}
+        self.delivered: Counter[int] = Counter()   # exceptions and interrupts, by vector
         # MSRs that belong to devices (IA32_APIC_BASE): index -> (read, write)
         self.msr_handlers: dict[int, tuple] = {}
         # Called after CR0/CR3/CR4 writes: the shadow MMU follows the guest's paging.
@@ -205,7 +207,7 @@ class VCpu:
         if selector & 4:
             base, limit = self.ldtr.desc.base, self.ldtr.desc.limit
             if not self.ldtr.selector:
-                raise GuestFault(13, index | ext)
+                raise GuestFault(13, index | 4 | ext)     # the error code keeps TI (found by selfcheck)
         else:
             base, limit = self.gdtr
         if index + 7 > limit:
@@ -337,7 +339,9 @@ class VCpu:
         ext = 0 if soft else 1
         while True:
             try:
-                return self._deliver(frame, vector, error_code, eip, soft, ext)
+                handler = self._deliver(frame, vector, error_code, eip, soft, ext)
+                self.delivered[vector] += 1
+                return handler
             except GuestFault as f:
                 if vector == 8:
                     raise TripleFault(f"exception {f.vector} while delivering a double fault")
@@ -404,10 +408,11 @@ class VCpu:
         ss = self.mem.read_u(base + 8 + 8 * cpl, 2)
         return ss, esp
 
-    def _stack_segment(self, selector: int, cpl: int, ext: int) -> Segment:
+    def _stack_segment(self, selector: int, cpl: int, ext: int, iret: bool = False) -> Segment:
         """Checks on a new stack segment from the TSS or an iret frame."""
         if selector & 0xFFFC == 0:
-            raise GuestFault(10, ext)
+            # a null SS popped by iret is #GP(0), one from the TSS #TS (SDM vol. 2, IRET)
+            raise GuestFault(13, 0) if iret else GuestFault(10, ext)
         desc, raw = self.read_descriptor(selector, ext)
         err = (selector & 0xFFFC) | ext
         if (selector & 3) != cpl or desc.dpl != cpl or not desc.writable:
@@ -423,7 +428,7 @@ class VCpu:
         new_cpl = cs.selector & 3
         esp = self.mem.read_u(self.seg_base("ss") + ((frame.esp + 12) & 0xFFFFFFFF), 4)
         ss_sel = self.mem.read_u(self.seg_base("ss") + ((frame.esp + 16) & 0xFFFFFFFF), 2)
-        ss = self._stack_segment(ss_sel, new_cpl, 0)
+        ss = self._stack_segment(ss_sel, new_cpl, 0, iret=True)
         self.cpl = new_cpl
         self.load_eflags(frame, eflags)
         self.set_cs(cs)
