@@ -173,3 +173,46 @@ def test_accessed_and_dirty_bits_are_set_in_the_guest_tables():
     assert code_pte & 0x20 and not code_pte & 0x40            # executed, never written
     assert stack_pte & 0x60 == 0x60                             # pushed to: accessed and dirty
     assert read_u32(engine, 0x280000 + 0x100 * 4) & 0x20        # the PDE too
+
+
+SYSENTER_ASM = asm.replace("""    /* to ring 3 */""", """    /* fast system calls: IA32_SYSENTER_CS/ESP/EIP */
+    mov ecx, 0x174
+    mov eax, 0x08
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x175
+    mov eax, 0x70000
+    wrmsr
+    mov ecx, 0x176
+    mov eax, sysenter_entry
+    wrmsr
+    /* to ring 3 */""").replace("""user_code:
+    mov eax, 0x1234""", """user_code:
+    mov ebp, esp
+    call here                       /* EDX = the user-linear address of back_in_user */
+here:
+    pop edx
+    add edx, back_in_user - here
+    mov ecx, esp
+    .byte 0x0f, 0x34                /* sysenter */
+back_in_user:
+    mov eax, 0x1234""").replace("""syscall_handler:""", """sysenter_entry:
+    mov [{DATA}+32], esp            /* IA32_SYSENTER_ESP */
+    pushfd
+    pop eax
+    mov [{DATA}+36], eax            /* IF cleared by sysenter */
+    mov ax, cs
+    mov [{DATA}+40], eax
+    .byte 0x0f, 0x35                /* sysexit */
+syscall_handler:""".replace("{DATA}", str(DATA)))
+
+
+def test_sysenter_and_sysexit_round_trip():
+    result, engine, _ = run_kernel(SYSENTER_ASM, with_tables=False, timeout=20)
+    assert result.status == EXIT_OK, result
+    assert read_u32(engine, DATA + 32) == 0x70000
+    assert not read_u32(engine, DATA + 36) & 0x200
+    assert read_u32(engine, DATA + 40) & 0xFFFF == 0x08
+    # back in ring 3 after sysexit, the int 0x80 system call still works
+    assert read_u32(engine, DATA) == 0x1234 and read_u32(engine, DATA + 12) == 0x1B
+    assert engine.exits["sysenter"] == 1 and engine.exits["emulate-end:sysexit"] == 1
