@@ -18,6 +18,34 @@ class PortDevice(Protocol):
     def reset(self) -> None: ...
 
 
+class BytePorts:
+    """For devices whose registers are bytes at consecutive ports (the PC's
+    ISA chips): a wider access is split into byte accesses, low port first, as
+    the bus cycles would be, and counted. Subclasses give _read_byte/_write_byte."""
+
+    wide_accesses = 0
+
+    def _read_byte(self, port: int) -> int:
+        raise NotImplementedError
+
+    def _write_byte(self, port: int, value: int) -> None:
+        raise NotImplementedError
+
+    def io_read(self, port: int, size: int) -> int:
+        if size != 1:
+            self.wide_accesses += 1
+        value = 0
+        for i in range(size):
+            value |= self._read_byte(port + i) << (8 * i)
+        return value
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        if size != 1:
+            self.wide_accesses += 1
+        for i in range(size):
+            self._write_byte(port + i, (value >> (8 * i)) & 0xFF)
+
+
 class PortBus:
     def __init__(self) -> None:
         self._owners: dict[int, PortDevice] = {}

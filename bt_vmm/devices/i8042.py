@@ -27,6 +27,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable
 
+from bt_vmm.devices.bus import BytePorts
+
 # --- Ports. ---
 DATA_PORT = 0x60  # read: output buffer; write: a command's parameter, or a byte for the keyboard
 STATUS_PORT = 0x64  # read: status register
@@ -141,7 +143,7 @@ SRC_KBD = 0  # keyboard data (and the controller's replies): IRQ1
 SRC_AUX = 1  # aux data: IRQ12, STS_AUX_OBF
 
 
-class I8042:
+class I8042(BytePorts):
     """The keyboard controller, the keyboard and the mouse, as the guest's drivers see them."""
 
     def __init__(
@@ -214,20 +216,6 @@ class I8042:
         self._pump()
 
     # --- Guest side. ---
-
-    def io_read(self, port: int, size: int) -> int:
-        if size != 1:
-            self.wide_accesses += 1
-        value = 0
-        for i in range(size):
-            value |= self._read_byte(port + i) << (8 * i)
-        return value
-
-    def io_write(self, port: int, size: int, value: int) -> None:
-        if size != 1:
-            self.wide_accesses += 1
-        for i in range(size):
-            self._write_byte(port + i, (value >> (8 * i)) & 0xFF)
 
     def reset(self) -> None:
         """Power-on state: command byte and output port as firmware leaves them, buffers empty."""

@@ -31,6 +31,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
+from bt_vmm.devices.bus import BytePorts
+
 # --- Ports. ---
 MASTER_COMMAND = 0x20  # master, A0=0: ICW1, OCW2, OCW3 / read IRR, ISR, poll word
 MASTER_DATA = 0x21  # master, A0=1: ICW2-ICW4, OCW1 (IMR) / read IMR
@@ -357,7 +359,7 @@ class Pic8259:
         # The input lines are wires from the devices: a reset does not change their levels.
 
 
-class Pic8259Pair:
+class Pic8259Pair(BytePorts):
     """Master and slave 8259A as wired in a PC/AT, with the PIIX's ELCR registers."""
 
     def __init__(self, intr: Callable[[bool], None] | None = None) -> None:
@@ -426,20 +428,6 @@ class Pic8259Pair:
         return self.slave.vector_base | irq
 
     # --- Guest side. ---
-
-    def io_read(self, port: int, size: int) -> int:
-        if size != 1:
-            self.wide_accesses += 1
-        value = 0
-        for i in range(size):
-            value |= self._read_byte(port + i) << (8 * i)
-        return value
-
-    def io_write(self, port: int, size: int, value: int) -> None:
-        if size != 1:
-            self.wide_accesses += 1
-        for i in range(size):
-            self._write_byte(port + i, (value >> (8 * i)) & 0xFF)
 
     def reset(self) -> None:
         """Machine reset: both chips as firmware leaves them, every line masked, ELCR edge."""

@@ -30,6 +30,8 @@ import math
 import time
 from typing import Callable
 
+from bt_vmm.devices.bus import BytePorts
+
 # --- Ports. ---
 CHANNEL0 = 0x40  # counter 0: the system timer (IRQ0)
 CHANNEL1 = 0x41  # counter 1: DRAM refresh (OUT not wired to anything here)
@@ -395,7 +397,7 @@ class PitChannel:
         return count & 0xFF, False
 
 
-class Pit8254:
+class Pit8254(BytePorts):
     """The 8254 and port B, clocked by the host: IRQ0 from channel 0, OUT2 readable at 0x61."""
 
     def __init__(
@@ -466,20 +468,6 @@ class Pit8254:
             self._next_catchup = now + spacing
 
     # --- Guest side. ---
-
-    def io_read(self, port: int, size: int) -> int:
-        if size != 1:
-            self.wide_accesses += 1
-        value = 0
-        for i in range(size):
-            value |= self._read_byte(port + i) << (8 * i)
-        return value
-
-    def io_write(self, port: int, size: int, value: int) -> None:
-        if size != 1:
-            self.wide_accesses += 1
-        for i in range(size):
-            self._write_byte(port + i, (value >> (8 * i)) & 0xFF)
 
     def reset(self) -> None:
         """As firmware leaves it: channel 0 at 18.2 Hz (mode 3), channel 1 refreshing, gate 2 low."""

@@ -31,6 +31,8 @@ import math
 import time
 from typing import Callable
 
+from bt_vmm.devices.bus import BytePorts
+
 # --- Ports. ---
 INDEX_PORT = 0x70  # write: register index (bits 6-0) and the NMI mask (bit 7)
 DATA_PORT = 0x71  # read/write: the selected register
@@ -116,7 +118,7 @@ def from_bcd(value: int) -> int:
     return (value >> 4) * 10 + (value & 0x0F)
 
 
-class Rtc:
+class Rtc(BytePorts):
     """The MC146818 with 128 bytes of CMOS RAM: the PC's clock and setup memory."""
 
     def __init__(
@@ -204,20 +206,6 @@ class Rtc:
         self._advance(now)
 
     # --- Guest side. ---
-
-    def io_read(self, port: int, size: int) -> int:
-        if size != 1:
-            self.wide_accesses += 1
-        value = 0
-        for i in range(size):
-            value |= self._read_byte(port + i) << (8 * i)
-        return value
-
-    def io_write(self, port: int, size: int, value: int) -> None:
-        if size != 1:
-            self.wide_accesses += 1
-        for i in range(size):
-            self._write_byte(port + i, (value >> (8 * i)) & 0xFF)
 
     def reset(self) -> None:
         """The RESET pin: interrupts disabled and flags cleared; time, format and RAM survive."""
