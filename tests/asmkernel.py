@@ -31,7 +31,7 @@ def exit_with(v: int) -> str:
 
 # Keystone quirks: lgdt/lidt get a stray operand-size prefix and far jumps to
 # labels do not assemble, so those are spelled out as bytes.
-# A flat GDT (null, code 0x08, data 0x10) and an IDT whose 32 interrupt gates
+# A flat GDT (null, code 0x08, data 0x10) and an IDT whose 256 interrupt gates
 # all point at `fault_handler`, which the test's asm must define.
 PROLOGUE = f"""
     mov esp, {STACK}
@@ -54,7 +54,7 @@ fill_idt:
     shr eax, 16
     mov word ptr [idt + ecx*8 + 6], ax
     inc ecx
-    cmp ecx, 32
+    cmp ecx, 256
     jne fill_idt
     .byte 0x0f, 0x01, 0x1d
     .long idtr                    /* lidt [idtr] */
@@ -71,7 +71,7 @@ gdtr:
     .long gdt
     .align 8
 idtr:
-    .word 32*8-1
+    .word 256*8-1
     .long idt
     .align 8
 idt:
@@ -95,7 +95,7 @@ def build_kernel(asm: str, with_tables: bool = True) -> bytes:
     code, _ = ks.asm(text, CODE)
     body = bytes(code)
     if with_tables:
-        body += bytes(32 * 8)    # the IDT itself
+        body += bytes(256 * 8)   # the IDT itself
     flags = 0x00010003
     magic = 0x1BADB002
     end = CODE + len(body)
