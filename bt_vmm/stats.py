@@ -65,6 +65,11 @@ def collect(engine, result, counted: bool) -> dict[str, Any]:
     }
     if engine.opts.check:
         data["check_violations"] = engine.check_violations
+    audit = getattr(engine, "audit_report", None)
+    if audit is not None:
+        report = audit()
+        data["sensitive_unprivileged_executed"] = report["by_mnemonic"]
+        data["sensitive_unprivileged_by_address"] = report["by_address"]
     return data
 
 

@@ -138,7 +138,7 @@ BAD_INPUT = [
      ["--stats-json", "/nonexistent-dir/s.json", "does not exist"], "serial"),
     ("stats-json-is-directory", _mkdir("jsondir"), ["run", "--guest", "hello", "--stats-json", "jsondir"],
      ["--stats-json", "jsondir", "directory"], "serial"),
-    ("engine-trap", _nothing, ["run", "--engine", "trap"], ["--engine", "trap"], "both"),
+    ("engine-unknown", _nothing, ["run", "--engine", "kvm"], ["--engine", "kvm"], "both"),
     ("kernel-missing", _nothing, ["run", "missing.elf"], ["missing.elf", "no such file"], "both"),
     ("kernel-is-directory", _mkdir("kdir"), ["run", "kdir"], ["kdir", "directory"], "both"),
     ("kernel-empty", _write("empty.elf", b""), ["run", "empty.elf"], ["empty.elf", "empty"], "both"),

@@ -58,6 +58,23 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _tc_size(text: str) -> int:
+    """--tc-size: bytes, or with a K/M suffix; at least one CCF, at most the TC region."""
+    from bt_vmm.tcache import region as R
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid TC size '{text}' (examples: 65536, 64K, 1M)")
+    size = int(m.group(1)) * (_UNITS[m.group(2).upper()] if m.group(2) else 1)
+    lo, hi = R.TC_MIN_SIZE, R.TC_END - R.TC_BASE
+    if size < lo:
+        raise argparse.ArgumentTypeError(
+            f"TC size '{text}' is below the minimum of {lo >> 10} KiB (the largest CCF must fit)")
+    if size > hi:
+        raise argparse.ArgumentTypeError(
+            f"TC size '{text}' is above the {hi >> 10} KiB the monitor region holds for the TC")
+    return size
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bt-vmm", description="Binary-translation hypervisor for 32-bit x86 guests.")
     p.add_argument("--version", action="version", version=f"bt-vmm {__version__}")
@@ -75,14 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "secondary master, slave); ',ro' leaves the file untouched")
     r.add_argument("-m", "--mem", type=parse_size, default=64 << 20, help="guest RAM (default 64M)")
     r.add_argument("--serial", default="stdio", help="stdio | none | file:PATH (default stdio)")
-    r.add_argument("--engine", choices=["bt"], default="bt", help="execution engine")
-    r.add_argument("--stats", action="store_true", help="print statistics to stderr at the end")
+    r.add_argument("--engine", choices=["bt", "trap"], default="bt",
+                   help="bt: binary translation; trap: trap-and-emulate by ring compression")
+    r.add_argument("--audit", action="store_true",
+                   help="(--engine trap) count the sensitive instructions that do not trap at ring 1")
+    r.add_argument("--stats", nargs="?", const="table", metavar="live",
+                   help="print statistics to stderr at the end; `--stats live` also shows "
+                        "the main counters live while the guest runs")
     r.add_argument("--stats-json", metavar="FILE", help="write statistics as JSON")
+    r.add_argument("--tc-profile", metavar="FILE",
+                   help="record a translation-cache profile (inspect it with bt-vmm tc)")
     r.add_argument("--max-insns", type=_positive_int, help="stop after about N guest instructions")
     r.add_argument("--timeout", type=_positive_float, help="stop after SECONDS of wall time")
     r.add_argument("--check", action="store_true",
                    help="verify that no guest kernel instruction runs outside the TC")
+    r.add_argument("--tc-size", type=_tc_size, metavar="SIZE",
+                   help="bytes of translation cache, or with a K/M suffix (16K to 3M, default "
+                        "3M); a full TC is flushed")
     sub.add_parser("guests", help="list the bundled guests")
+    from bt_vmm.tcprofile.cli import add_parser as add_tc_parser
+    add_tc_parser(sub)
     return p
 
 
@@ -92,10 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
-        parser.error("missing command (choose from 'run', 'guests')")
+        parser.error("missing command (choose from 'run', 'guests', 'tc')")
     try:
         if args.command == "guests":
             return _guests()
+        if args.command == "tc":
+            from bt_vmm.tcprofile.cli import run_tc
+            return run_tc(args, parser)
         return _run(args)
     except BtVmmError as e:
         print(f"bt-vmm: {e}", file=sys.stderr)
@@ -169,13 +201,33 @@ def _run(args) -> int:
     from bt_vmm.machine.pc import MAX_DISKS, Machine
     from bt_vmm import stats as stats_mod
 
+    if args.stats not in (None, "table", "live"):    # `--stats KERNEL`: the kernel, not a mode
+        if args.kernel is not None:
+            raise BadInput(f"--stats: expected 'live' or nothing, got '{args.stats}'")
+        args.kernel, args.stats = args.stats, "table"
     path, data = _read_kernel(args)
     modules = [_read_module(spec) for spec in args.module]
     boot = load_multiboot(path, data, args.mem, args.append, modules)
     sink = open_serial_sink(args.serial)
+    panel = None
+    if args.stats == "live":
+        from bt_vmm.tcprofile.live import LivePanel, PanelStdioSink
+        panel = LivePanel(title=f"bt-vmm {path}")
+        if args.serial == "stdio":
+            sink = PanelStdioSink(panel)    # guest output goes above the panel
     if args.stats_json is not None:
         check_writable("--stats-json", args.stats_json)   # fail now, not after the run
-    counted = bool(args.stats or args.stats_json or args.max_insns)
+    if args.tc_profile is not None:
+        if args.engine != "bt":
+            raise BadInput("--tc-profile records the translation cache: it applies to --engine bt")
+        check_writable("--tc-profile", args.tc_profile)
+    counted = bool(args.stats or args.stats_json or args.max_insns or args.tc_profile)
+    if args.audit and args.engine != "trap":
+        raise BadInput("--audit applies to --engine trap")
+    if args.check and args.engine != "bt":
+        raise BadInput("--check proves that kernel code runs from the TC: it applies to --engine bt")
+    if args.tc_size is not None and args.engine != "bt":
+        raise BadInput("--tc-size sizes the translation cache: it applies to --engine bt")
     if len(args.disk) > MAX_DISKS:
         raise BadInput(f"--disk: at most {MAX_DISKS} disks (two IDE channels, master and slave)")
     disks = []
@@ -190,14 +242,28 @@ def _run(args) -> int:
     machine.load(boot)
     if args.serial == "stdio" and _stdin_fd() is not None:
         machine.attach_console_input(_stdin_fd())
-    engine = BTEngine(machine, EngineOptions(check=args.check, count=counted,
-                                             max_insns=args.max_insns, timeout=args.timeout))
+    options = EngineOptions(check=args.check, count=counted, max_insns=args.max_insns,
+                            timeout=args.timeout)
+    if args.tc_profile is not None:
+        from bt_vmm.tcprofile.cli import start_recording
+        options.recorder = start_recording()
+    if args.tc_size is not None:
+        options.tc_size = args.tc_size
+    if args.engine == "trap":
+        from bt_vmm.engines.trap import TrapEngine
+        engine = TrapEngine(machine, options, audit=args.audit)
+    else:
+        engine = BTEngine(machine, options)
+    if panel is not None:
+        panel.start(engine)
     try:
         result = engine.run(boot.entry)
     except BaseException:
         sink.close()
         raise
     finally:
+        if panel is not None:
+            panel.stop()
         machine.close()
     sink.finish()
     if result.status not in (0,) and not (result.status & 1):
@@ -207,6 +273,9 @@ def _run(args) -> int:
     if args.check and engine.check_violations == 0 and result.status != EXIT_MONITOR:
         print(f"bt-vmm: check passed: no guest kernel instruction ran outside the TC "
               f"({engine.tcache.stats['translated']} TUs translated)", file=sys.stderr)
+    if args.tc_profile is not None:
+        from bt_vmm.tcprofile.cli import finish_recording
+        finish_recording(options.recorder, engine, result, args.tc_profile, path)
     if args.stats or args.stats_json:
         data = stats_mod.collect(engine, result, counted)
         if args.stats:

@@ -64,6 +64,7 @@ class EngineOptions:
     max_insns: int | None = None
     timeout: float | None = None
     tc_size: int = R.TC_END - R.TC_BASE   # bytes of TC for CCFs (smaller forces flushes)
+    recorder: object = None      # a bt_vmm.tcprofile.TCRecorder (--tc-profile), or None
 
 
 class Watchdog:
@@ -141,9 +142,10 @@ class BTEngine:
         self.tcache = TCache(
             uc, lambda lookup: Translator(lookup, options.count, options.max_insns is not None),
             machine.mem.fetch, machine.traces, lambda linear: machine.mmu.translate(linear),
-            options.tc_size)
+            options.tc_size, recorder=options.recorder)
         machine.mmu.on_remap = self.tcache.remapped
         self.emu = Emulator(machine.vcpu, machine.bus)
+        self.emu.tc_to_guest = self._tc_to_guest     # the x87 IP that fnstenv/fxsave store
         self.faults = FaultState(uc)
         machine.traces.after_protect = self.faults.reset
         self.cpl_switch = CplSwitch(uc)
@@ -186,7 +188,7 @@ class BTEngine:
             self._deadline = time.monotonic() + self.opts.timeout
         self._lock.acquire()
         try:
-            eip = self.tcache.get(entry).body
+            eip = self._kernel_eip(entry)
             while True:
                 if self._deadline is not None and time.monotonic() >= self._deadline:
                     return self._result(start, EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s")
@@ -216,7 +218,7 @@ class BTEngine:
                     status, reason = self._stop
                     return self._result(start, status, reason, dump=status == EXIT_TRIPLE_FAULT)
                 eip = self.regs.read(X.UC_X86_REG_EIP)
-                if not self.user_mode and not self._in_tc(eip):
+                if not self.user_mode and not self._kernel_eip_valid(eip):
                     return self._result(start, EXIT_MONITOR,
                                         f"emulation stopped outside the TC at {eip:#x}", dump=True)
         finally:
@@ -232,7 +234,7 @@ class BTEngine:
         struct.pack_into("<I", self.m.mon, R.PREEMPT, 1)
         if stage:
             with self._lock:
-                if self.user_mode:
+                if self._native():
                     self.exits["user-preempt-stop"] += 1
                     self.m.uc.emu_stop()
 
@@ -257,8 +259,30 @@ class BTEngine:
             self._stop = (status, reason)
         self.m.uc.emu_stop()
 
-    def _in_tc(self, eip: int) -> bool:
+    # --- what differs between engines: where guest kernel code runs ------------
+    def _kernel_eip(self, pc: int) -> int:
+        """Where unicorn runs guest kernel code at guest PC `pc`: its CCF in the
+        TC (a GuestFault if its code cannot be fetched)."""
+        return self.tcache.get(pc).body
+
+    def _kernel_eip_valid(self, eip: int) -> bool:
         return R.lin(R.TC_BASE) <= eip < R.lin(R.TC_END)
+
+    def _native(self) -> bool:
+        """Is unicorn running guest code as is (so only emu_stop can preempt it)?"""
+        return self.user_mode
+
+    def _kernel_segments(self) -> None:
+        """Unicorn's privilege level and segments for guest kernel code: CPL0 on
+        the monitor's CS and GS (the TC's), the guest's SS, DS, ES and FS."""
+        v, regs = self.vcpu, self.regs
+        self.cpl_switch.set_cpl(0)
+        regs.write(X.UC_X86_REG_SS, v.segs["ss"].selector)
+        regs.write(X.UC_X86_REG_CS, R.MON_CS_SEL)
+        regs.write(X.UC_X86_REG_GS, R.MON_GS_SEL_VALUE)
+        for name, reg in SEG_REGS:
+            regs.write(reg, v.segs[name].selector)
+        v.sync_virtual_gs()
 
     def _next_deadline(self) -> float | None:
         candidates = [d for d in (self._deadline, self.m.next_deadline()) if d is not None]
@@ -323,7 +347,7 @@ class BTEngine:
         if was_user:
             self._capture_user_segments(frame)
         handler = deliver()
-        frame.eip = self.tcache.get(handler).body if self.vcpu.cpl == 0 else handler
+        frame.eip = self._kernel_eip(handler) if self.vcpu.cpl == 0 else handler
         frame.commit()
         self._sync_mode()
         self._exit_eip = handler
@@ -357,13 +381,7 @@ class BTEngine:
         elif v.cpl == 0 and self.user_mode:
             # The user view maps the monitor region supervisor-only, so the
             # segment loads below read the shadow GDT without SMAP getting in the way.
-            self.cpl_switch.set_cpl(0)
-            regs.write(X.UC_X86_REG_SS, v.segs["ss"].selector)
-            regs.write(X.UC_X86_REG_CS, R.MON_CS_SEL)
-            regs.write(X.UC_X86_REG_GS, R.MON_GS_SEL_VALUE)
-            for name, reg in SEG_REGS:
-                regs.write(reg, v.segs[name].selector)
-            v.sync_virtual_gs()
+            self._kernel_segments()
             self.mmu.set_user(False)
             self.user_mode = False
             self.exits["to-kernel"] += 1
@@ -397,6 +415,10 @@ class BTEngine:
                 return
             self._guarded(self._user_exception, intno)
             return
+        self._kernel_event(intno)
+
+    def _kernel_event(self, intno: int) -> None:
+        """An INTR hook while guest kernel code runs: a callout or a fault in a CCF."""
         if intno == 3:
             c = self.tcache.callouts.get(self.regs.read(X.UC_X86_REG_EIP))
             if c is not None:
@@ -501,6 +523,8 @@ class BTEngine:
 
     # --- callouts -----------------------------------------------------------------
     def _callout(self, c: Callout) -> None:
+        if self.opts.recorder is not None:
+            self.opts.recorder.callout(c)
         kind = c.kind
         self._exit_eip = c.guest_eip
         if kind == "exit":
@@ -575,7 +599,7 @@ class BTEngine:
             return
         if nxt == HALT:
             self._exit_eip_after_halt = insn.next
-            frame.eip = self.tcache.get(insn.next).body
+            frame.eip = self._kernel_eip(insn.next)
             self._halted = True
             frame.commit()
             self.m.uc.emu_stop()
@@ -584,16 +608,18 @@ class BTEngine:
             if self.vcpu.cpl == 3:
                 frame.eip = nxt                   # iret/sysexit to user mode: run directly
             else:
-                ccf = self._get_or_fault(frame, nxt)
-                if ccf is None:
+                eip = self._get_or_fault(frame, nxt)
+                if eip is None:
                     return
-                frame.eip = ccf.body
+                frame.eip = eip
         frame.commit()
         self._sync_mode()
 
-    def _get_or_fault(self, frame: Frame, pc: int) -> CCF | None:
+    def _get_or_fault(self, frame: Frame, pc: int) -> int | None:
+        """The unicorn EIP for kernel PC `pc`, or None after delivering the
+        fault that fetching its code raised."""
         try:
-            return self.tcache.get(pc)
+            return self._kernel_eip(pc)
         except GuestFault as f:
             frame.commit()
             self._deliver(Frame(self.regs), f, pc)
@@ -679,6 +705,10 @@ class BTEngine:
             self.vcpu.cr2 = f.cr2
         self._enter_handler(frame, lambda: self.vcpu.raise_exception(
             frame, f.vector, f.error_code, guest_eip))
+
+    def _tc_to_guest(self, tc: int) -> int | None:
+        ccf = self.tcache.ccf_at(tc)
+        return None if ccf is None else self._guest_pc(ccf, tc)[0]
 
     def _guest_pc(self, ccf: CCF, tc_eip: int) -> tuple[int, str | None]:
         pcmap = ccf.code.pcmap

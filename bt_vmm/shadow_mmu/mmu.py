@@ -81,6 +81,7 @@ class ShadowMMU:
         self.by_gpt: dict[int, ShadowPT] = {}
         self.by_gpd: dict[int, Space] = {}
         self.stats: Counter[str] = Counter()
+        self._monitor_kpde = MON_BASE | P | RW | US | PS   # the kernel view's monitor region
         # Told about every linear range whose mapping changed (the TC keys
         # translations by linear address).
         self.on_remap = lambda linear, size: None
@@ -141,9 +142,27 @@ class ShadowMMU:
         self.stats["resets"] += 1
 
     # --- spaces -------------------------------------------------------------------
+    def gdt_for_ring1(self) -> None:
+        """The trap-and-emulate engine runs guest kernel code at ring 1, whose
+        own segment loads read the shadow GDT implicitly. SMAP would refuse
+        that, so in the kernel view the monitor region gets a page table in
+        which the shadow GDT's pages are supervisor and read-only (readable by
+        the guest kernel, a weaker guarantee than the BT engine's), the rest
+        of the region stays a user page under SMAP."""
+        from bt_vmm.tcache import region as R
+        pt = self._alloc()
+        for i in range(1024):
+            offset = i << 12
+            in_gdt = R.SHADOW_GDT <= offset < R.SHADOW_GDT + R.SHADOW_GDT_SIZE
+            self._set(pt, i, (MON_BASE + offset) | P | (0 if in_gdt else RW | US))
+        self._monitor_kpde = pt | P | RW | US
+        for space in self.spaces.values():
+            self._set(space.kpd, MON_PDE, self._monitor_kpde)
+        self._load()
+
     def _new_space(self, cr3: int) -> Space:
         space = Space(cr3, self._alloc(), self._alloc())
-        self._set(space.kpd, MON_PDE, MON_BASE | P | RW | US | PS)
+        self._set(space.kpd, MON_PDE, self._monitor_kpde)
         self._set(space.upd, MON_PDE, MON_BASE | P | RW | PS)
         self.spaces[cr3] = space
         self.stats["spaces-built"] += 1
@@ -339,6 +358,8 @@ class ShadowMMU:
             self._flush_tlb()
 
     def invlpg(self, linear: int) -> None:
+        if not self.paging:
+            return      # the identity shadow never changes; clearing its PTE lost the page (selfcheck)
         self.on_remap(linear & ~0xFFF, PAGE_SIZE)
         pt = self.space.pts.get(linear >> 22)
         if pt is not None:

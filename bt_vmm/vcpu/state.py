@@ -84,6 +84,9 @@ class VCpu:
                                     MSR_PLATFORM_ID: 0, MSR_MISC_ENABLE: 1}
         self.segs: dict[str, Segment] = {}
         self.delivered: Counter[int] = Counter()   # exceptions and interrupts, by vector
+        # Set by the trap-and-emulate engine: the guest kernel runs at ring 1,
+        # IF is the real flag, IOPL is virtual (real IOPL 0 makes cli/sti trap).
+        self.ring_compression = False
         # MSRs that belong to devices (IA32_APIC_BASE): index -> (read, write)
         self.msr_handlers: dict[int, tuple] = {}
         # Called after CR0/CR3/CR4 writes: the shadow MMU follows the guest's paging.
@@ -118,6 +121,8 @@ class VCpu:
         IOPL checks); at CPL0 IF/IOPL/AC live in the monitor page."""
         if self.cpl == 3:
             return real | 0x2
+        if self.ring_compression:
+            return (real & ~IOPL) | (self.vflags() & IOPL) | 0x2
         return (real & ~VIRTUAL_FLAGS) | self.vflags() | 0x2
 
     def load_eflags(self, frame, value: int) -> None:
@@ -127,12 +132,16 @@ class VCpu:
         self.set_vflags(value)
         if self.cpl == 3:
             frame.eflags = (value & ~(VM | RF)) | 0x2
+        elif self.ring_compression:
+            frame.eflags = (value & ~(IOPL | VM | RF)) | 0x2   # IOPL stays 0: cli/sti/popf must trap
         else:
             frame.eflags = (value & ~(VIRTUAL_FLAGS | VM | RF)) | 0x2
 
     def interrupts_enabled_now(self, real_eflags: int) -> bool:
         """EFLAGS.IF as the guest has it at this moment."""
-        return bool(real_eflags & IF) if self.cpl == 3 else self.interrupts_enabled
+        if self.cpl == 3 or self.ring_compression:
+            return bool(real_eflags & IF)
+        return self.interrupts_enabled
 
     def sync_virtual_gs(self) -> None:
         """Entering the TC: the guest's GS becomes virtual (the TC runs on the
@@ -144,6 +153,8 @@ class VCpu:
 
     @property
     def interrupts_enabled(self) -> bool:
+        if self.ring_compression:
+            return bool(self._regs.read(X.UC_X86_REG_EFLAGS) & IF)
         return bool(struct.unpack("<I", self._uc.mem_read(R.lin(R.VIF), 4))[0])
 
     # --- control registers ----------------------------------------------------
@@ -228,7 +239,22 @@ class VCpu:
         if index >= R.FIRST_MONITOR_GDT_INDEX:
             raise Unsupported(f"guest selector index {index} collides with the monitor's GDT slots")
         raw = desc if isinstance(desc, bytes) else desc.pack()
-        self._uc.mem_write(R.lin(R.SHADOW_GDT) + 8 * index, raw)
+        self._uc.mem_write(R.lin(R.SHADOW_GDT) + 8 * index, self._compress(raw))
+
+    def _compress(self, raw: bytes) -> bytes:
+        """Ring compression (the trap-and-emulate engine runs the guest kernel at
+        ring 1): ring-0 code and data descriptors become ring-1 ones, and
+        ring-3 code descriptors are marked not present, so that a native
+        transfer to user code (iret, far return) traps to the monitor."""
+        if not self.ring_compression or self.cpl == 3 or not raw[5] & 0x10:
+            return raw
+        access = raw[5] | ACC_ACCESSED      # preset: the shadow GDT is read-only at ring 1
+        dpl = (access >> 5) & 3
+        if dpl == 0:
+            access |= 1 << 5
+        elif dpl == 3 and access & 0x08:
+            access &= ~0x80
+        return raw[:5] + bytes([access]) + raw[6:]
 
     def load_data_segment(self, name: str, selector: int, commit: bool = True) -> None:
         """mov/pop/lxs into DS, ES, FS, GS or SS, with the checks of SDM vol. 2 'MOV'.
@@ -267,16 +293,22 @@ class VCpu:
             self._commit_segment(name, selector)
 
     def _commit_segment(self, name: str, selector: int) -> None:
-        if name == "gs":
+        if name == "gs" and not self.ring_compression:
             self._put_u32(R.VGS, selector)
             return
+        if name == "ss" and self.ring_compression and self.cpl == 0:
+            selector |= 1          # unicorn runs the guest kernel at ring 1
+        if name == "gs":
+            name_reg = X.UC_X86_REG_GS
+        else:
+            name_reg = UC_SEG[name]
         # Unicorn reads the descriptor from the shadow GDT, which sits in the
         # SMAP-protected monitor region: an implicit supervisor access that
         # SMAP allows only with EFLAGS.AC set (SDM 4.6.1). The caller's frame
         # restores the guest's real EFLAGS afterwards.
         eflags = self._regs.read(X.UC_X86_REG_EFLAGS)
         self._regs.write(X.UC_X86_REG_EFLAGS, eflags | AC)
-        self._regs.write(UC_SEG[name], selector)
+        self._regs.write(name_reg, selector)
         self._regs.write(X.UC_X86_REG_EFLAGS, eflags)
 
     def code_segment(self, selector: int, ext: int = 0, outer: bool = False,
@@ -477,4 +509,7 @@ class VCpu:
         base, limit = self.gdtr
         n = min(limit + 1, 8 * R.FIRST_MONITOR_GDT_INDEX)
         if n > 8:
-            self._uc.mem_write(R.lin(R.SHADOW_GDT) + 8, self.mem.read_lin(base + 8, n - 8))
+            table = self.mem.read_lin(base + 8, n - 8)
+            if self.ring_compression:
+                table = b"".join(self._compress(table[i:i + 8]) for i in range(0, len(table) - 7, 8))
+            self._uc.mem_write(R.lin(R.SHADOW_GDT) + 8, table)
