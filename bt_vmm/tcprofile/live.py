@@ -1,0 +1,177 @@
+"""`bt-vmm run --stats live`: a rich panel of the main counters, redrawn about
+four times a second while the guest runs.
+
+The panel is drawn by rich.live's own refresh thread. That thread never calls
+unicorn: it reads Python-side counters (the TC's, the engine's exits, the
+shadow MMU's) and the CCFs' execution counters straight out of the monitor
+region's host memory (an mmap the machine owns). Those reads race with the
+monitor thread, harmlessly: a counter read a moment early is still a counter,
+and a dictionary that grows while it is copied is read again at the next
+refresh. The guest pays only for the GIL the thread holds while rendering.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from bt_vmm.hosted.console import StdioSink
+from bt_vmm.tcache import region as R
+
+REFRESH_PER_SECOND = 4
+_Q = struct.Struct("<Q")
+
+
+class LivePanel:
+    """Reads an engine's counters from another thread and shows them."""
+
+    def __init__(self, console: Console | None = None, refresh_per_second: float = REFRESH_PER_SECOND,
+                 title: str = "bt-vmm") -> None:
+        self.console = console or Console(stderr=True, highlight=False)
+        self.title = title
+        self.engine = None
+        self.refreshes = 0
+        self._rate = refresh_per_second
+        self._live: Live | None = None
+        self._t0 = time.perf_counter()
+        self._last: tuple[float, int, int] | None = None      # (time, exits, insns)
+        self._rates = (0.0, 0.0)
+        self._retired_seen = 0
+        self._retired_insns = 0
+        self._snap: dict[str, Any] = {}
+
+    # --- lifecycle ------------------------------------------------------------------
+    def start(self, engine) -> None:
+        self.engine = engine
+        self._t0 = time.perf_counter()
+        self._live = Live(get_renderable=self._render, console=self.console,
+                          refresh_per_second=self._rate, redirect_stdout=False,
+                          redirect_stderr=False, transient=False)
+        self._live.start()
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()       # one last refresh: the final counters stay on screen
+            self._live = None
+
+    def print_above(self, text: str) -> None:
+        """Print guest output above the panel (when both share the terminal)."""
+        self.console.print(Text(text), end="", soft_wrap=True)
+
+    @property
+    def on_terminal(self) -> bool:
+        return self.console.is_terminal
+
+    # --- reading counters (on the refresh thread) ------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        e = self.engine
+        if e is None:
+            return {}
+        for _ in range(3):
+            try:
+                return self._read(e)
+            except RuntimeError:      # a dict grew while it was copied: try again
+                continue
+        return self._snap
+
+    def _read(self, e) -> dict[str, Any]:
+        tc = e.tcache
+        s = tc.stats
+        exits = dict(e.exits)
+        mon = e.m.mon
+        insns = None
+        lookups = None
+        if tc.translator.count:
+            retired = tc.retired
+            while self._retired_seen < len(retired):     # append-only: harvested counts
+                c = retired[self._retired_seen]
+                self._retired_insns += c.executions * len(c.code.tu.insns)
+                self._retired_seen += 1
+            live = 0
+            for c in list(tc._ccfs):
+                if c.dead:
+                    live += c.executions * len(c.code.tu.insns)
+                else:
+                    live += _Q.unpack_from(mon, R.COUNTERS + 8 * c.slot)[0] * len(c.code.tu.insns)
+            insns = self._retired_insns + live + e.insns_direct
+            lookups = _Q.unpack_from(mon, R.N_LOOKUPS)[0]
+        snap = {
+            "elapsed": time.perf_counter() - self._t0,
+            "translated": s["translated"], "guest_bytes": s["guest_bytes"], "ccf_bytes": s["ccf_bytes"],
+            "chained": s["chained"], "occupancy": tc.occupancy, "capacity": tc._tc_hi - tc._alloc_lo,
+            "generation": tc.generation,
+            "exits": exits, "exits_total": sum(exits.values()),
+            "lookups": lookups, "misses": exits.get("lookup-miss", 0),
+            "invalidations": sum(dict(tc.invalidations).values()),
+            "flushes": sum(dict(tc.flushes).values()),
+            "trace_faults": e.traces.trace_faults,
+            "insns": insns, "user": e.user_mode,
+        }
+        self._snap = snap
+        return snap
+
+    def _render(self):
+        self.refreshes += 1
+        d = self.snapshot()
+        if not d:
+            return Text("starting ...")
+        now = d["elapsed"]
+        if self._last is not None and now - self._last[0] > 0.05:
+            dt = now - self._last[0]
+            self._rates = ((d["exits_total"] - self._last[1]) / dt,
+                           ((d["insns"] or 0) - self._last[2]) / dt)
+        if self._last is None or now - self._last[0] > 0.05:
+            self._last = (now, d["exits_total"], d["insns"] or 0)
+        exits_rate, insn_rate = self._rates
+        g = Table.grid(padding=(0, 2))
+        for _ in range(4):
+            g.add_column(justify="right" if _ % 2 else "left")
+        occ = d["occupancy"] / d["capacity"] if d["capacity"] else 0
+        ratio = d["ccf_bytes"] / d["guest_bytes"] if d["guest_bytes"] else 0
+        g.add_row("time", f"{now:,.1f} s", "mode", "user" if d["user"] else "kernel (TC)")
+        g.add_row("CCFs translated", f"{d['translated']:,}", "expansion", f"{ratio:.1f}x")
+        g.add_row("TC occupancy", f"{d['occupancy']:,} B ({occ:.1%})", "generation", str(d["generation"]))
+        g.add_row("chained exits", f"{d['chained']:,}", "invalidations / flushes",
+                  f"{d['invalidations']:,} / {d['flushes']:,}")
+        lookups = "-" if d["lookups"] is None else f"{d['lookups']:,}"
+        hit = ("" if not d["lookups"] else f" ({1 - d['misses'] / d['lookups']:.2%} hit)")
+        g.add_row("in-TC lookups", lookups + hit, "lookup misses", f"{d['misses']:,}")
+        g.add_row("exits", f"{d['exits_total']:,}", "exits/s", f"{exits_rate:,.0f}")
+        if d["insns"] is not None:
+            g.add_row("guest insns", f"{d['insns']:,}", "MIPS", f"{insn_rate / 1e6:,.2f}")
+        g.add_row("trace faults", f"{d['trace_faults']:,}", "", "")
+        top = sorted(d["exits"].items(), key=lambda kv: -kv[1])[:8]
+        t = Table.grid(padding=(0, 2))
+        t.add_column()
+        t.add_column(justify="right")
+        for k, v in top:
+            t.add_row(Text(k, style="dim"), f"{v:,}")
+        return Panel(Group(g, Text("top exit reasons", style="bold"), t), title=self.title,
+                     expand=False)
+
+
+class PanelStdioSink(StdioSink):
+    """--serial stdio under the live panel: when the panel and standard output
+    are the same terminal, guest output is printed above the panel instead of
+    through it."""
+
+    def __init__(self, panel: LivePanel) -> None:
+        super().__init__()
+        self.panel = panel
+
+    def write(self, data: bytes) -> None:
+        if self.panel._live is not None and self.panel.on_terminal and sys.stdout.isatty():
+            if self.closed:
+                raise ValueError("write to a closed serial sink")
+            self.bytes_written += len(data)
+            self.panel.print_above(data.decode("utf-8", "replace"))
+        else:
+            super().write(data)
