@@ -30,6 +30,7 @@ class Kind(enum.Enum):
     POPF = "popf"
     SEG_READ = "segment-read"  # mov r/m, cs|gs ; push cs|gs
     GS_ACCESS = "gs-access"    # memory operand with a gs: override
+    FPU_ENV = "fpu-env-store"  # fnstenv/fnsave/fxsave: run as is, then the stored x87 IP fixed up
     CALLOUT = "callout"        # emulated by the monitor, execution continues in the CCF
     CALLOUT_END = "callout-end"  # emulated by the monitor, which then picks the next CCF
     UNDEFINED = "undefined"    # #UD on real hardware
@@ -64,6 +65,10 @@ CALLOUT_END_IDS = {
     C.X86_INS_INT1, C.X86_INS_SYSENTER, C.X86_INS_SYSEXIT, C.X86_INS_SYSCALL,
     C.X86_INS_SYSRET, C.X86_INS_LMSW, C.X86_INS_RSM,
 }
+
+# They store the address of the last x87 instruction (FIP/FCS), which in the
+# TC is a TC address on the monitor's CS: the monitor rewrites it afterwards.
+FPU_ENV_IDS = {C.X86_INS_FNSTENV, C.X86_INS_FNSAVE, C.X86_INS_FXSAVE}
 
 UNDEFINED_IDS = {C.X86_INS_UD2, C.X86_INS_UD0, C.X86_INS_UD1, C.X86_INS_SWAPGS}
 
@@ -100,6 +105,8 @@ def classify(insn) -> Kind:
         return Kind.POPF
     if iid in UNDEFINED_IDS:
         return Kind.UNDEFINED
+    if iid in FPU_ENV_IDS:
+        return Kind.FPU_ENV
     if iid in CALLOUT_END_IDS:
         return Kind.CALLOUT_END
     if iid in CALLOUT_IDS:

@@ -275,7 +275,10 @@ class Machine:
         self.vcpu.reset_multiboot()
         self._paging_changed()                       # the identity shadow
         regs.write(X.UC_X86_REG_CR4, CR4_PSE | CR4_SMAP)
-        regs.write(X.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
+        # CR0.NE as the guest has it (clear at boot): with NE set, unicorn would
+        # raise #MF for x87 errors the guest expects reported the legacy way
+        # (found by selfcheck).
+        regs.write(X.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_WP | CR0_PG | (self.vcpu.cr0 & CR0_NE))
         regs.write(X.UC_X86_REG_EFLAGS, 0x2)
         regs.write(X.UC_X86_REG_EAX, boot.eax)
         regs.write(X.UC_X86_REG_EBX, boot.ebx)

@@ -58,8 +58,12 @@ class CCF:
 class TCache:
     def __init__(self, uc: Uc, translator_factory: Callable[[int], Translator],
                  fetch: Callable[[int, int], bytes], traces: PageTraces,
-                 phys_of: Callable[[int], int], tc_size: int = R.TC_END - R.TC_BASE) -> None:
+                 phys_of: Callable[[int], int], tc_size: int = R.TC_END - R.TC_BASE,
+                 recorder=None) -> None:
         self._uc = uc
+        # Optional observer (bt_vmm.tcprofile.TCRecorder): told about every
+        # translation, chain, invalidation and flush when a profile is recorded.
+        self.recorder = recorder
         self._fetch = fetch
         self._traces = traces
         self._phys_of = phys_of
@@ -95,6 +99,8 @@ class TCache:
         self._alloc = self._alloc_lo
         self._next_slot = 0
         self._clear_table()
+        if recorder is not None:
+            recorder.attach(self)
 
     # --- lookup ---------------------------------------------------------------
     def get(self, pc: int) -> CCF:
@@ -135,11 +141,17 @@ class TCache:
         for c in code.callouts:
             c.ccf = ccf
             self.callouts[c.addr + 1] = c
+        rec = self.recorder
+        if rec is not None:
+            rec.translated(ccf)
         for site in code.exits:
             target = self.by_pc.get(site.target)
-            if target is not None:
+            # (an exit back to this very TU was resolved before it existed: not chained yet)
+            if target is not None and target is not ccf:
                 target.incoming.append(site)
                 self.stats["chained"] += 1
+                if rec is not None:
+                    rec.chained(site, target)
         ccf.phys = self._phys_ranges(tu)
         for page in tu.pages:
             self._by_linear.setdefault(page, set()).add(ccf)
@@ -187,6 +199,8 @@ class TCache:
         self._patch(site.field, ccf.body)
         ccf.incoming.append(site)
         self.stats["chained"] += 1
+        if self.recorder is not None:
+            self.recorder.chained(site, ccf)
 
     def _patch(self, field_addr: int, dest: int) -> None:
         self._uc.mem_write(field_addr, rel32(field_addr + 4, dest))
@@ -213,8 +227,11 @@ class TCache:
     def invalidate(self, ccf: CCF, reason: str) -> None:
         if ccf.dead:
             return
+        ccf.executions = self.executions(ccf)   # harvest while the counter is still read live
         ccf.dead = True
         self.invalidations[reason] += 1
+        if self.recorder is not None:
+            self.recorder.invalidated(ccf, reason)
         del self.by_pc[ccf.pc]
         for site in ccf.incoming:
             self._patch(site.field, site.stub)
@@ -243,14 +260,16 @@ class TCache:
                 if not owners:
                     del self._by_page[page]
                     self._traces.untrace(page, self)
-        ccf.executions = self.executions(ccf)
 
     def flush(self, reason: str) -> None:
         """Drop every CCF and start the TC over (when it is full, or on demand)."""
         self.flushes[reason] += 1
+        if self.recorder is not None:
+            self.recorder.flushed(reason, self._ccfs)
         for ccf in self._ccfs:
             if not ccf.dead:
                 ccf.executions = self.executions(ccf)
+                ccf.dead = True          # its counter slot is about to be reused
                 self.invalidations[f"flush:{reason}"] += 1
             self.retired.append(ccf)
         self._ccfs.clear()

@@ -45,6 +45,9 @@ COUNTERS = 0x060000          # u64 execution counter per CCF
 COUNTER_SLOTS = 0x8000
 TC_BASE = 0x100000           # translated code, to the end of the region
 TC_END = MON_SIZE
+# The smallest TC `--tc-size` accepts: the shared lookup code plus one CCF of
+# the largest kind (64 rewritten popfd come to about 8.6 KiB), with room to spare.
+TC_MIN_SIZE = 0x4000
 
 # Monitor descriptors occupy the last GDT slots; guest selectors up to index
 # 8189 are available to the guest.

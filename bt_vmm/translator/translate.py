@@ -154,7 +154,7 @@ class Translator:
                 rewrites.append((insn, start, e.here))
             # sti lets one more instruction run before an interrupt (SDM 6.8.3
             # "Masking Maskable Hardware Interrupts"): check after it.
-            if irq_check_owed and insn.kind in (Kind.IDENT, Kind.GS_ACCESS, Kind.SEG_READ):
+            if irq_check_owed and insn.kind in (Kind.IDENT, Kind.GS_ACCESS, Kind.SEG_READ, Kind.FPU_ENV):
                 e.mark(insn.next)
                 e.int3_inside(t("irq_check").code, "irq-window", insn.next)
             irq_check_owed = insn.kind is Kind.STI
@@ -163,7 +163,7 @@ class Translator:
                 e.int3_inside(t("irq_check").code, "irq-window", insn.next)
         last = tu.insns[-1]
         if last.kind in (Kind.IDENT, Kind.CLI, Kind.STI, Kind.PUSHF, Kind.POPF, Kind.SEG_READ,
-                         Kind.GS_ACCESS, Kind.CALLOUT):
+                         Kind.GS_ACCESS, Kind.CALLOUT, Kind.FPU_ENV):
             e.mark(last.next)
             e.exit_jmp(last.next, "fallthrough")
         # Stubs, then point every exit at its stub or, when the successor is
@@ -200,6 +200,13 @@ class Translator:
                 e.exit_jmp(target, "taken", bytes([0x0F, 0x80 | cc]))
             e.exit_jmp(insn.next, "fallthrough")
         elif k is Kind.JRCXZ:
+            if cs.id in (C.X86_INS_LOOPE, C.X86_INS_LOOPNE):
+                # Unicorn 2.1.4 syncs its lazy-flag state (cc_op) for loopz/loopnz
+                # only on the path where ECX stays nonzero: when ECX reaches 0 the
+                # block ends with a stale cc_op, and the next exit folds garbage
+                # (operand bits) into EFLAGS -- DF, AC, TF included. Starting a new
+                # block here makes the state already synced (found by selfcheck).
+                e.raw(TB_BREAK)
             # jecxz/loop have only a rel8 form: hop over the fall-through exit.
             e.raw(insn.raw[:-1] + b"\x05")
             e.exit_jmp(insn.next, "fallthrough")
@@ -241,6 +248,19 @@ class Translator:
             e.mark(insn.addr, "gs")
             e.raw(insn.raw)
             e.raw(t("gs_out").emit(mon_gs=R.lin(R.MON_GS_SEL)))
+        elif k is Kind.FPU_ENV:
+            # The store runs as is; a callout then replaces the TC address it
+            # saved as the last x87 instruction's (and the monitor's CS) with the
+            # guest's (found by selfcheck: guests could read TC addresses).
+            if insn.cs.prefix[1] == 0x65 or any(op.type == C.X86_OP_MEM and op.mem.segment == C.X86_REG_GS
+                                                for op in insn.cs.operands):
+                e.raw(t("gs_in").code)
+                e.mark(insn.addr, "gs")
+                e.raw(insn.raw)
+                e.raw(t("gs_out").emit(mon_gs=R.lin(R.MON_GS_SEL)))
+            else:
+                e.raw(insn.raw)
+            e.int3("emulate", insn.addr, insn)
         elif k is Kind.CALLOUT:
             e.int3("emulate", insn.addr, insn)
         elif k is Kind.CALLOUT_END:

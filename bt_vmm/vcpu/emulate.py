@@ -17,6 +17,7 @@ from unicorn.x86_const import UC_X86_REG_EAX, UC_X86_REG_EDX
 from bt_vmm.devices.bus import PortBus
 from bt_vmm.errors import GuestExit, EXIT_OK, Unsupported
 from bt_vmm.machine.memory import GuestFault
+from bt_vmm.tcache import region as R
 from bt_vmm.vcpu import cpuid as cpuid_mod
 from bt_vmm.vcpu.descriptors import Descriptor
 from bt_vmm.vcpu.frame import Frame
@@ -37,6 +38,8 @@ _DR = {getattr(C, f"X86_REG_DR{n}"): n for n in range(8)}
 _SEG_LOAD_IDS = {C.X86_INS_LDS: "ds", C.X86_INS_LES: "es", C.X86_INS_LFS: "fs",
                  C.X86_INS_LGS: "gs", C.X86_INS_LSS: "ss"}
 HALT = -1   # returned by hlt with interrupts enabled: wait for an interrupt
+CR4_DE = 1 << 3
+DR6_FIXED_1, DR7_FIXED_1 = 0xFFFF0FF0, 0x400
 
 
 class Emulator:
@@ -70,6 +73,11 @@ class Emulator:
         }
         for iid in _SEG_LOAD_IDS:
             self._handlers[iid] = self._lxs
+        for iid in (C.X86_INS_FNSTENV, C.X86_INS_FNSAVE, C.X86_INS_FXSAVE):
+            self._handlers[iid] = self._fpu_env
+        # TC address -> guest EIP (set by the engine): for the x87 instruction
+        # pointer that fnstenv/fnsave/fxsave store.
+        self.tc_to_guest: Callable[[int], int | None] | None = None
 
     def fast_path(self, insn) -> Callable[[], None] | None:
         """A specialised handler for the hottest callouts, port I/O with a
@@ -240,8 +248,14 @@ class Emulator:
 
     def _smsw(self, frame: Frame, insn) -> None:
         op = insn.cs.operands[0]
-        cr0 = self.vcpu.cr0
-        self._write_op(frame, op, cr0 if op.type == C.X86_OP_REG else cr0 & 0xFFFF, 2)
+        cr0 = self.vcpu.cr0 & 0xFFFF
+        if op.type == C.X86_OP_REG:
+            # smsw r32: the SDM leaves the upper half undefined; keep it, as unicorn
+            # does, so that the two agree (found by selfcheck)
+            i = _GPR[op.reg][0]
+            frame.r[i] = (frame.r[i] & ~0xFFFF) | cr0
+            return
+        self._write_op(frame, op, cr0, 2)
 
     def _system_descriptor(self, selector: int, types: set[int]) -> tuple[Descriptor, bytes]:
         if selector & 4:
@@ -283,6 +297,15 @@ class Emulator:
     def _nop(self, frame: Frame, insn) -> None:
         return None
 
+    def _dr_index(self, n: int) -> int:
+        """DR4/DR5 are DR6/DR7 with CR4.DE clear and #UD with it set (SDM vol. 3,
+        17.2.2). (Found by selfcheck: they were separate registers.)"""
+        if n in (4, 5):
+            if self.vcpu.cr4 & CR4_DE:
+                raise GuestFault(6)
+            return n + 2
+        return n
+
     def _invlpg(self, frame: Frame, insn) -> None:
         self.vcpu.invlpg(self._ea(frame, insn.cs.operands[0]))
 
@@ -295,10 +318,13 @@ class Emulator:
             self._set_reg(frame, dst.reg, self.vcpu.read_cr(_CR[src.reg]))
             return None
         if dst.type == C.X86_OP_REG and dst.reg in _DR:
-            self.vcpu.dr[_DR[dst.reg]] = self._reg(frame, src.reg)
+            n = self._dr_index(_DR[dst.reg])
+            value = self._reg(frame, src.reg)
+            # the bits DR6 and DR7 always read as set (what unicorn keeps, too)
+            self.vcpu.dr[n] = value | (DR6_FIXED_1 if n == 6 else DR7_FIXED_1 if n == 7 else 0)
             return None
         if src.type == C.X86_OP_REG and src.reg in _DR:
-            self._set_reg(frame, dst.reg, self.vcpu.dr[_DR[src.reg]])
+            self._set_reg(frame, dst.reg, self.vcpu.dr[self._dr_index(_DR[src.reg])])
             return None
         if dst.type == C.X86_OP_REG and dst.reg in _SEG_NAME:
             name = _SEG_NAME[dst.reg]
@@ -310,6 +336,30 @@ class Emulator:
             self._write_op(frame, dst, self.vcpu.segs[_SEG_NAME[src.reg]].selector, 2)
             return None
         raise Unsupported(f"no emulation for '{insn}' at {insn.addr:#x}")
+
+    # --- x87 environment stores ------------------------------------------------------
+    def _fpu_env(self, frame: Frame, insn) -> None:
+        """fnstenv/fnsave/fxsave already ran in the TC: the FIP they stored is a TC
+        address and FCS (and FDS after a cs: operand) the monitor's CS. Store the
+        guest's instead. (32-bit
+        formats; a 16-bit environment keeps only FIP's low half, which cannot be
+        mapped back.)"""
+        cs = insn.cs
+        if self.tc_to_guest is None or (cs.prefix[2] == 0x66 and cs.id != C.X86_INS_FXSAVE):
+            return None
+        fip_off, fcs_off, fds_off = (8, 12, 20) if cs.id == C.X86_INS_FXSAVE else (12, 16, 24)
+        ea = self._ea(frame, cs.operands[0])
+        guest_cs = self.vcpu.segs["cs"].selector
+        # FDS is the monitor's CS after an x87 load/store with a cs: override
+        if self.mem.read_u(ea + fds_off, 2) == R.MON_CS_SEL:
+            self.mem.write_u(ea + fds_off, 2, guest_cs)
+        guest = self.tc_to_guest(self.mem.read_u(ea + fip_off, 4))
+        if guest is None:
+            return None                     # not a TC address (e.g. loaded by fldenv)
+        self.mem.write_u(ea + fip_off, 4, guest)
+        if self.mem.read_u(ea + fcs_off, 2) == R.MON_CS_SEL:
+            self.mem.write_u(ea + fcs_off, 2, guest_cs)
+        return None
 
     # --- segment registers --------------------------------------------------------
     def _pop_seg(self, frame: Frame, insn) -> None:
@@ -384,6 +434,10 @@ class Emulator:
         if eflags_now & 0x4000:
             raise Unsupported("iret with EFLAGS.NT (task return) is not virtualized")
         eip, cs, eflags = self._peek(frame, 0), self._peek(frame, 4) & 0xFFFF, self._peek(frame, 8)
+        if eflags & 0x20000 and self.vcpu.cpl == 0:
+            # VM in the popped image at CPL0 is a return to virtual-8086 mode, where
+            # CS is a real-mode segment: no descriptor checks, no #GP (found by selfcheck)
+            raise Unsupported("iret to virtual-8086 mode is not virtualized")
         if (cs & 3) > self.vcpu.cpl:
             return self.vcpu.iret_outer(frame, eip, cs, eflags)
         seg = self.vcpu.code_segment(cs)
