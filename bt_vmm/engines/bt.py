@@ -21,6 +21,7 @@ Every exit is counted by reason.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import struct
 import threading
 import time
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from unicorn import (UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
                      UcError)
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 
 from bt_vmm.errors import (EXIT_INSN_LIMIT, EXIT_MONITOR, EXIT_TIMEOUT, EXIT_TRIPLE_FAULT,
                            BtVmmError, GuestExit, Unsupported)
@@ -161,6 +163,7 @@ class BTEngine:
         self._pending_fault: tuple[int, GuestFault | None] | None = None
         self._exit_eip_after_halt = 0
         self._lock = machine.hook_lock
+        self._set_preempt(False)
         self.watchdog = Watchdog(self._preempt_request, self._lock)
         machine.on_host_input = self.watchdog.wake
         if options.max_insns is not None:
@@ -170,6 +173,7 @@ class BTEngine:
         uc.hook_add(UC_HOOK_INSN, self._on_user_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_user_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
+        self._add_stop_point_hook(uc)
         if options.count:
             # Blocks below the monitor region are directly executed user code
             # (kernel code only ever runs from the TC): count their instructions.
@@ -229,9 +233,24 @@ class BTEngine:
     def _result(self, start: float, status: int, reason: str, dump: bool = False) -> RunResult:
         return RunResult(status, reason, time.perf_counter() - start, self.dump_state() if dump else "")
 
+    # The preemption bounds the TC's `bound` checks test: open, they admit any
+    # value; closed (lower > upper), none, and the next check raises #BR.
+    _OPEN_BOUNDS = struct.pack("<ii", -0x80000000, 0x7FFFFFFF)
+    _CLOSED_BOUNDS = struct.pack("<ii", 1, 0)
+
+    def _set_preempt(self, on: bool) -> None:
+        """A plain store into the monitor region's host memory: safe from the
+        timer thread, seen by the TC at its next check."""
+        b = R.PREEMPT_BOUNDS
+        self.m.mon[b:b + 8] = self._CLOSED_BOUNDS if on else self._OPEN_BOUNDS
+
+    def _preempt_pending(self) -> bool:
+        b = R.PREEMPT_BOUNDS
+        return self.m.mon[b:b + 8] == self._CLOSED_BOUNDS
+
     def _preempt_request(self, stage: int) -> None:
         """From the watchdog thread: get the monitor control soon."""
-        struct.pack_into("<I", self.m.mon, R.PREEMPT, 1)
+        self._set_preempt(True)
         if stage:
             with self._lock:
                 if self._native():
@@ -242,7 +261,7 @@ class BTEngine:
         """A check point in the TC saw the preemption flag: the CPU is at a
         guest instruction boundary (`guest_eip`), so timers run and an
         interrupt that is due is delivered here."""
-        struct.pack_into("<I", self.m.mon, R.PREEMPT, 0)
+        self._set_preempt(False)
         self.exits["preempt"] += 1
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self._finish(EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s")
@@ -304,7 +323,7 @@ class BTEngine:
     def _user_preempted(self) -> None:
         """Directly executed code is at an instruction boundary (an exit of its
         own, or a stop): hand over a pending preemption there."""
-        struct.pack_into("<I", self.m.mon, R.PREEMPT, 0)
+        self._set_preempt(False)
         self.exits["preempt"] += 1
         if self._interrupt_deliverable():
             frame = Frame(self.regs)
@@ -418,7 +437,13 @@ class BTEngine:
         self._kernel_event(intno)
 
     def _kernel_event(self, intno: int) -> None:
-        """An INTR hook while guest kernel code runs: a callout or a fault in a CCF."""
+        """An INTR hook while guest kernel code runs: a callout, a preemption
+        check that fired, or a fault in a CCF."""
+        if intno == 5:
+            point = self.tcache.preempt_points.get(self.regs.read(X.UC_X86_REG_EIP))
+            if point is not None:
+                self._guarded(self._preempt_point, point)
+                return
         if intno == 3:
             c = self.tcache.callouts.get(self.regs.read(X.UC_X86_REG_EIP))
             if c is not None:
@@ -432,6 +457,20 @@ class BTEngine:
         else:
             self._guarded(self._fault, 6)
         return self._stop is None and self._error is None
+
+    def _add_stop_point_hook(self, uc) -> None:
+        """A block hook on directly executed code, whose callback is a native
+        no-op. Unicorn then brings EIP up to date and honours a stop request at
+        every block start there; without it, a cross-thread emu_stop can leave
+        EIP at a stale block start with later registers (unicorn issue #1355,
+        reproduced by the bench guest's compute loop). The TC is outside the
+        range: it never pays for this."""
+        noop = ctypes.cast(ctypes.CDLL(None).abs, ctypes.c_void_p)
+        self._stop_hook = uc_hook_h()
+        err = uclib.uc_hook_add(uc._uch, ctypes.byref(self._stop_hook), UC_HOOK_BLOCK, noop, None,
+                                ctypes.c_uint64(0), ctypes.c_uint64(MON_BASE - 1))
+        if err:
+            raise RuntimeError(f"uc_hook_add (stop points) failed: {err}")
 
     def _on_user_block(self, uc, address: int, size: int, _ud) -> None:
         key = (address, size)
@@ -566,19 +605,26 @@ class BTEngine:
             self.exits["irq-window"] += 1
             if self._interrupt_deliverable():
                 self._deliver_interrupt(Frame(self.regs), c.guest_eip)
-        elif kind == "preempt":
-            self._preempted(c.guest_eip)
-        elif kind == "preempt-lookup":
-            guest_ecx, target = struct.unpack("<II", self.m.uc.mem_read(R.lin(R.S_ECX), 8))
-
-            def restore(frame: Frame) -> None:     # the lookup borrowed ECX and set AC
-                frame.r[1] = guest_ecx
-                frame.eflags &= ~AC
-            self._preempted(target, restore)
         elif kind == "insn-limit":
             self._finish(EXIT_INSN_LIMIT, f"--max-insns {self.opts.max_insns} reached")
         else:  # pragma: no cover
             raise AssertionError(kind)
+
+    def _preempt_point(self, point: Callout) -> None:
+        if self.opts.recorder is not None:
+            self.opts.recorder.callout(point)
+        self.faults.reset()             # the #BR left unicorn's exception state set
+        if point.kind == "preempt":
+            self._preempted(point.guest_eip)
+            return
+        # In the lookup routine: the guest's ECX is in S_ECX, the target in
+        # S_TARGET, and AC is set.
+        guest_ecx, target = struct.unpack("<II", self.m.uc.mem_read(R.lin(R.S_ECX), 8))
+
+        def restore(frame: Frame) -> None:
+            frame.r[1] = guest_ecx
+            frame.eflags &= ~AC
+        self._preempted(target, restore)
 
     def _get(self, pc: int) -> CCF | None:
         """The CCF for `pc`; a fault fetching its code goes to the guest
@@ -614,6 +660,15 @@ class BTEngine:
                 frame.eip = eip
         frame.commit()
         self._sync_mode()
+        self._check_timeout()
+
+    def _check_timeout(self) -> None:
+        """--timeout for guest code that never reaches a TC check point (an
+        exception loop, a long rep ins/outs restarted chunk by chunk): checked
+        at every exception delivery and emulated instruction (found by
+        tests/test_hostile_guests.py)."""
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self._finish(EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s")
 
     def _get_or_fault(self, frame: Frame, pc: int) -> int | None:
         """The unicorn EIP for kernel PC `pc`, or None after delivering the
@@ -677,7 +732,7 @@ class BTEngine:
             try:
                 self.mmu.page_fault(cr2, err, user=True)
                 self.exits["hidden-fault"] += 1
-                if struct.unpack_from("<I", self.m.mon, R.PREEMPT)[0]:
+                if self._preempt_pending():
                     self._user_preempted()
                 return
             except GuestFault as f:
@@ -705,6 +760,7 @@ class BTEngine:
             self.vcpu.cr2 = f.cr2
         self._enter_handler(frame, lambda: self.vcpu.raise_exception(
             frame, f.vector, f.error_code, guest_eip))
+        self._check_timeout()
 
     def _tc_to_guest(self, tc: int) -> int | None:
         ccf = self.tcache.ccf_at(tc)

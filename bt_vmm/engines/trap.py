@@ -236,7 +236,7 @@ class TrapEngine(BTEngine):
 
     def _take_preemption(self, guest_eip: int) -> None:
         """A trap is a natural exit: hand over a pending preemption here."""
-        if struct.unpack_from("<I", self.m.mon, R.PREEMPT)[0]:
+        if self._preempt_pending():
             self._preempted(guest_eip)
 
     # --- the audit ------------------------------------------------------------------

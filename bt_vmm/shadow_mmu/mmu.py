@@ -38,6 +38,7 @@ from bt_vmm.errors import Unsupported
 from bt_vmm.machine.layout import MON_BASE, PAGE_SIZE
 from bt_vmm.machine.memory import GuestFault
 from bt_vmm.shadow_mmu.traces import PageTraces
+from bt_vmm.tcache import region as R
 
 P, RW, US, PWT, PCD, A, D, PS, G = 1, 2, 4, 8, 16, 32, 64, 128, 256
 ERR_P, ERR_W, ERR_U = 1, 2, 4
@@ -81,7 +82,7 @@ class ShadowMMU:
         self.by_gpt: dict[int, ShadowPT] = {}
         self.by_gpd: dict[int, Space] = {}
         self.stats: Counter[str] = Counter()
-        self._monitor_kpde = MON_BASE | P | RW | US | PS   # the kernel view's monitor region
+        self._monitor_kpde = self._monitor_pt({R.PREEMPT_BOUNDS})
         # Told about every linear range whose mapping changed (the TC keys
         # translations by linear address).
         self.on_remap = lambda linear, size: None
@@ -142,20 +143,25 @@ class ShadowMMU:
         self.stats["resets"] += 1
 
     # --- spaces -------------------------------------------------------------------
+    def _monitor_pt(self, supervisor_pages: set[int]) -> int:
+        """The kernel view's page-directory entry for the monitor region: a
+        user page under SMAP (out of the translated kernel's reach), except the
+        given pages, which are supervisor and read-only: the TC's preemption
+        bounds, which the TC reads without toggling AC (and, for ring 1, the
+        shadow GDT)."""
+        pt = self._alloc()
+        for i in range(1024):
+            flags = 0 if (i << 12) in supervisor_pages else RW | US
+            self._set(pt, i, (MON_BASE + (i << 12)) | P | flags)
+        return pt | P | RW | US
+
     def gdt_for_ring1(self) -> None:
         """The trap-and-emulate engine runs guest kernel code at ring 1, whose
         own segment loads read the shadow GDT implicitly. SMAP would refuse
-        that, so in the kernel view the monitor region gets a page table in
-        which the shadow GDT's pages are supervisor and read-only (readable by
-        the guest kernel, a weaker guarantee than the BT engine's), the rest
-        of the region stays a user page under SMAP."""
-        from bt_vmm.tcache import region as R
-        pt = self._alloc()
-        for i in range(1024):
-            offset = i << 12
-            in_gdt = R.SHADOW_GDT <= offset < R.SHADOW_GDT + R.SHADOW_GDT_SIZE
-            self._set(pt, i, (MON_BASE + offset) | P | (0 if in_gdt else RW | US))
-        self._monitor_kpde = pt | P | RW | US
+        that, so the shadow GDT's pages join the supervisor read-only ones
+        (readable by the guest kernel: a weaker guarantee than the BT engine's)."""
+        gdt = set(range(R.SHADOW_GDT, R.SHADOW_GDT + R.SHADOW_GDT_SIZE, PAGE_SIZE))
+        self._monitor_kpde = self._monitor_pt({R.PREEMPT_BOUNDS} | gdt)
         for space in self.spaces.values():
             self._set(space.kpd, MON_PDE, self._monitor_kpde)
         self._load()

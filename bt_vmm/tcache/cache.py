@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from unicorn import Uc
+from unicorn.x86_const import UC_X86_REG_CS
 
 from bt_vmm.decoder import TranslationUnit, decode_tu
 from bt_vmm.machine.layout import PAGE_SIZE
@@ -24,7 +25,7 @@ from bt_vmm.machine.memory import GuestFault
 from bt_vmm.shadow_mmu.traces import PageTraces
 from bt_vmm.tcache import region as R
 from bt_vmm.translator import CCFCode, Callout, ExitSite, Translator
-from bt_vmm.translator.templates import INT3, rel32, t
+from bt_vmm.translator.templates import INT3, preempt_check, rel32, t
 
 
 @dataclass(eq=False)
@@ -84,17 +85,19 @@ class TCache:
         self._tc_hi = self._tc_lo + tc_size
         self.lookup_addr = self._tc_lo
         self.translator = translator_factory(self.lookup_addr)
-        # The lookup routine starts with a preemption check: returns and
-        # indirect branches (recursion, dispatch loops) are check points too.
-        preempt = t("lookup_preempt").code
-        lookup = preempt + t("lookup_counted" if self.translator.count else "lookup").code
+        # The lookup routine has a preemption check: returns and indirect
+        # branches (recursion, dispatch loops) are check points too. When it
+        # fires, the guest's ECX is in S_ECX and the target in S_TARGET.
+        lookup_body = t("lookup_counted" if self.translator.count else "lookup").code
+        lookup = lookup_body[:7] + preempt_check() + lookup_body[7:]
         self.miss_stub = self.lookup_addr + len(lookup)
         self.stop_addr = self.miss_stub + 1
         shared = lookup + INT3 + b"\xf4"
         uc.mem_write(self.lookup_addr, shared)
         self.callouts[self.miss_stub + 1] = Callout("lookup-miss", self.miss_stub, 0)
-        preempt_int3 = self.lookup_addr + preempt.index(INT3)
-        self.callouts[preempt_int3 + 1] = Callout("preempt-lookup", preempt_int3, 0)
+        # preemption checks (`bound`, which faults at its own address), by TC address
+        self.preempt_points: dict[int, Callout] = {
+            self.lookup_addr + 7: Callout("preempt-lookup", self.lookup_addr + 7, 0)}
         self._alloc_lo = (self.lookup_addr + len(shared) + 15) & ~15
         self._alloc = self._alloc_lo
         self._next_slot = 0
@@ -141,6 +144,9 @@ class TCache:
         for c in code.callouts:
             c.ccf = ccf
             self.callouts[c.addr + 1] = c
+        for c in code.preempt_points:
+            c.ccf = ccf
+            self.preempt_points[c.addr] = c
         rec = self.recorder
         if rec is not None:
             rec.translated(ccf)
@@ -204,7 +210,21 @@ class TCache:
 
     def _patch(self, field_addr: int, dest: int) -> None:
         self._uc.mem_write(field_addr, rel32(field_addr + 4, dest))
-        self._uc.ctl_remove_cache(field_addr - 2, field_addr + 4)
+        self._forget(field_addr - 2, field_addr + 4)
+
+    def _forget(self, lo: int, hi: int) -> None:
+        """Make unicorn drop what it compiled from TC bytes [lo, hi). Its
+        ctl_remove_cache translates `lo` through the current page tables at the
+        current privilege level (uc_invalidate_tb -> get_page_addr_code): while
+        guest user code runs directly the monitor region is a supervisor page,
+        the translation fails and the call silently does nothing -- stale CCFs
+        then ran after a flush made on entry from user mode (found by
+        tests/test_robustness.py with a small --tc-size). There, every
+        compiled block is dropped instead."""
+        if self._uc.reg_read(UC_X86_REG_CS) & 3:
+            self._uc.ctl_flush_tb()
+        else:
+            self._uc.ctl_remove_cache(lo, hi)
 
     # --- invalidation ---------------------------------------------------------
     def traced_write(self, phys: int, size: int) -> None:
@@ -244,7 +264,7 @@ class TCache:
         # so a stale jump re-dispatches on the guest PC instead of running
         # stale code.
         self._uc.mem_write(ccf.body, INT3)
-        self._uc.ctl_remove_cache(ccf.body, ccf.body + 1)
+        self._forget(ccf.body, ccf.body + 1)
         self.callouts[ccf.body + 1] = Callout("reenter", ccf.body, ccf.pc, ccf=ccf)
         for page in ccf.tu.pages:
             linear_owners = self._by_linear.get(page)
@@ -279,13 +299,13 @@ class TCache:
             self._traces.untrace(page, self)
         self._by_page.clear()
         self._by_linear.clear()
-        shared = {k: v for k, v in self.callouts.items() if v.ccf is None}
-        self.callouts = shared
+        self.callouts = {k: v for k, v in self.callouts.items() if v.ccf is None}
+        self.preempt_points = {k: v for k, v in self.preempt_points.items() if v.ccf is None}
         self._alloc = self._alloc_lo
         self._next_slot = 0
         self._uc.mem_write(R.lin(R.COUNTERS), bytes(8 * R.COUNTER_SLOTS))
         self._clear_table()
-        self._uc.ctl_remove_cache(self._tc_lo, self._tc_hi)
+        self._forget(self._tc_lo, self._tc_hi)
         self.generation += 1
 
     def _clear_table(self) -> None:

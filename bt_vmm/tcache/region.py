@@ -31,7 +31,7 @@ VGS = 0x024          # guest GS selector (loaded into GS around gs: accesses)
 BUDGET = 0x028       # --max-insns: guest instructions left (signed)
 MON_GS_SEL = 0x02C   # the monitor's GS selector, reloaded after a GS swap
 N_LOOKUPS = 0x030    # u64: indirect lookups performed inside the TC
-PREEMPT = 0x038      # set by the monitor's timer thread: exit at the next check point
+PREEMPT_BOUNDS = 0x0FF000   # page of its own: the bounds the TC's `bound` preemption checks test
 DATA_SIZE = 0x1000
 
 # --- tables ------------------------------------------------------------------
@@ -41,7 +41,9 @@ SHADOW_GDT = 0x041000        # 8192 descriptors: guest slots + monitor slots at 
 SHADOW_GDT_SIZE = 0x10000
 SHADOW_PT = 0x051000         # shadow page directory and tables
 SHADOW_PT_SIZE = 0x00F000
-COUNTERS = 0x060000          # u64 execution counter per CCF
+COUNTERS = 0x060000          # u64 execution counter per CCF (up to 0x0A0000)
+# PREEMPT_BOUNDS (0x0FF000) is the one page of the region that the kernel view
+# maps supervisor and read-only: the TC tests it with no AC toggling.
 COUNTER_SLOTS = 0x8000
 TC_BASE = 0x100000           # translated code, to the end of the region
 TC_END = MON_SIZE

@@ -48,6 +48,14 @@ class Template:
         return bytes(out)
 
 
+def preempt_check() -> bytes:
+    """`bound eax, cs:[PREEMPT_BOUNDS]`: a preemption check that touches no
+    register or flag and does not end unicorn's block. The bounds normally admit
+    every value; the monitor's timer thread makes them admit none, and the
+    next check raises #BR at a guest instruction boundary."""
+    return b"\x2e\x62\x05" + struct.pack("<I", R.lin(R.PREEMPT_BOUNDS))
+
+
 def rel32(src_next: int, target: int) -> bytes:
     return struct.pack("<i", ((target - src_next + 0x80000000) & 0xFFFFFFFF) - 0x80000000)
 
@@ -92,15 +100,6 @@ _TEXTS: dict[str, tuple[str, tuple[str, ...]]] = {
     # The shared lookup routine: hash the guest PC into the table and jump to
     # the CCF's indirect entry, which checks its own PC.
     "lookup": ("mov gs:[{S_TARGET}], ecx; movzx ecx, cx; jmp dword ptr gs:[{LTABLE} + ecx*4]", ()),
-    # Preemption check on loop back-edges: exits (at a guest instruction
-    # boundary, with the guest's registers) only when the timer thread asked.
-    "preempt_check": (
-        "stac; mov gs:[{S_ECX}], ecx; mov ecx, gs:[{PREEMPT}]; jecxz quiet;"
-        "mov ecx, gs:[{S_ECX}]; clac; int3; jmp done;"
-        "quiet: mov ecx, gs:[{S_ECX}]; clac; done:", ()),
-    "lookup_preempt": (
-        "mov gs:[{S_TARGET}], ecx; mov ecx, gs:[{PREEMPT}]; jecxz go; int3;"
-        "go: mov ecx, gs:[{S_TARGET}]", ()),
     "lookup_counted": (
         "mov gs:[{S_TARGET}], ecx; mov gs:[{S_EAX}], eax; lahf; seto al;"
         "add dword ptr gs:[{N_LOOKUPS}], 1; adc dword ptr gs:[{N_LOOKUPS} + 4], 0;"

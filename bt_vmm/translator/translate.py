@@ -25,7 +25,7 @@ from capstone import x86_const as C
 
 from bt_vmm.decoder import Insn, Kind, TranslationUnit
 from bt_vmm.tcache import region as R
-from bt_vmm.translator.templates import INT3, STAC, push_vsel, rel32, seg_read, t
+from bt_vmm.translator.templates import INT3, STAC, preempt_check, push_vsel, rel32, seg_read, t
 
 TB_BREAK = b"\xeb\x00"   # jmp $+2: ends unicorn's translation block here
 PREFIXES = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67}
@@ -71,6 +71,7 @@ class CCFCode:
     callouts: list[Callout]
     rewrites: list[tuple[Insn, int, int]] = field(default_factory=list)  # (insn, TC start, TC end)
     ident: int = 0
+    preempt_points: list[Callout] = field(default_factory=list)          # bound checks: #BR -> preempt
 
 
 class _Emitter:
@@ -80,6 +81,7 @@ class _Emitter:
         self.pcmap: list[tuple[int, int, str | None]] = []
         self.exit_fields: list[tuple[int, int, str]] = []   # (buffer offset of rel32, target, kind)
         self.callouts: list[Callout] = []
+        self.preempt_points: list[Callout] = []
 
     @property
     def here(self) -> int:
@@ -137,14 +139,7 @@ class Translator:
             start = e.here
             e.mark(insn.addr)
             if insn.kind is Kind.IDENT:
-                if insn.cs is not None and insn.cs.id == C.X86_INS_CMPXCHG8B:
-                    # Unicorn 2.1.4 calls cmpxchg8b's helper without syncing its
-                    # lazy-flag state (cc_op), so the flags cmpxchg8b must keep
-                    # are recomputed from stale state -- garbage that can even
-                    # reach TF/DF/AC at the next exit -- whenever a flag-setting
-                    # instruction precedes it in the same unicorn block (the
-                    # counter template at the top of a CCF is one). `jmp $+2`
-                    # ends the block, which syncs the state. (Found by selfcheck.)
+                if insn.cs is not None and _needs_block_start(insn.cs):
                     e.raw(TB_BREAK)
                 e.raw(insn.raw)
                 ident += 1
@@ -177,7 +172,8 @@ class Translator:
             e.buf += INT3
             dest = resolve(target)
             struct.pack_into("<4s", e.buf, fo, rel32(base + fo + 4, dest if dest is not None else stub))
-        return CCFCode(tu, base, bytes(e.buf), base, body, e.pcmap, exits, e.callouts, rewrites, ident)
+        return CCFCode(tu, base, bytes(e.buf), base, body, e.pcmap, exits, e.callouts, rewrites, ident,
+                       e.preempt_points)
 
     def _rewrite(self, e: _Emitter, insn: Insn) -> None:
         k = insn.kind
@@ -276,7 +272,8 @@ class Translator:
         busy-waiting kernel without stopping unicorn from another thread."""
         if target <= insn.addr:
             e.mark(target)
-            e.int3_inside(t("preempt_check").code, "preempt", target)
+            e.preempt_points.append(Callout("preempt", e.here, target))
+            e.raw(preempt_check())
             e.mark(insn.addr)
 
     def _seg_read(self, e: _Emitter, insn: Insn) -> None:
@@ -290,6 +287,31 @@ class Translator:
             e.raw(code[push_at:])
         else:
             e.raw(seg_read(_REG_NAMES[ops[0].reg], off))
+
+
+_SETCC_IDS = {getattr(C, f"X86_INS_SET{cc}") for cc in (
+    "A", "AE", "B", "BE", "E", "G", "GE", "L", "LE", "NE", "NO", "NP", "NS", "O", "P", "S")}
+
+
+def _needs_block_start(cs) -> bool:
+    """Instructions unicorn 2.1.4 gets wrong unless they start a translation
+    block, where its lazy-flag state (cc_op) is synced; `jmp $+2` (TB_BREAK)
+    in front of them ends the block. (Both found by selfcheck.)
+
+    * cmpxchg8b: its helper recomputes the flags it must keep from a stale
+      cc_op whenever a flag-setting instruction precedes it in the block (the
+      counter template at the top of a CCF is one) -- garbage that can even
+      reach TF/DF/AC at the next exit;
+    * setcc and rcl/rcr with a memory operand: they compute the flags, which
+      drops the lazy state's operands, before a store that may fault; on a
+      fault the CPU state is rolled back to a cc_op whose operands are gone,
+      so after a hidden page fault (the shadow MMU filling an entry) the
+      instruction reruns on wrong flags."""
+    if cs.id == C.X86_INS_CMPXCHG8B:
+        return True
+    if cs.id in _SETCC_IDS or cs.id in (C.X86_INS_RCL, C.X86_INS_RCR):
+        return any(op.type == C.X86_OP_MEM for op in cs.operands)
+    return False
 
 
 def _mov_ecx_from_rm(raw: bytes) -> bytes:
