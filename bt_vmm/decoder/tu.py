@@ -13,6 +13,7 @@ from typing import Callable
 import capstone
 
 from bt_vmm.decoder.classify import Kind, classify
+from bt_vmm.machine.memory import GuestFault
 
 MAX_TU_INSNS = 64
 PAGE = 0x1000
@@ -67,12 +68,24 @@ def decode_tu(pc: int, fetch: Callable[[int, int], bytes]) -> TranslationUnit:
     """Decode the TU at guest linear address `pc`; `fetch(addr, n)` returns up
     to n guest bytes (fewer at the end of readable memory)."""
     page_end = (pc & ~(PAGE - 1)) + PAGE
-    code = fetch(pc, page_end - pc + 15)
+    # Only this page: reading ahead into the next one walks its page tables,
+    # which sets the accessed bit of a page the guest may never touch (found
+    # by selfcheck). The next page is read only for an instruction that
+    # straddles the boundary.
+    code = fetch(pc, page_end - pc)
+    more = True
     tu = TranslationUnit(pc)
     off = 0
     while True:
         addr = pc + off
         insn = next(_md.disasm(code[off:off + 15], addr, 1), None)
+        if insn is None and more and len(code) - off < 15 and len(code) == page_end - pc:
+            more = False
+            try:
+                code += fetch(page_end, 15)
+            except GuestFault:
+                pass            # the next page is not mapped: left undecodable, as before
+            insn = next(_md.disasm(code[off:off + 15], addr, 1), None)
         if insn is None:
             # Undecodable (or cut off by the end of memory): the CPU raises #UD here.
             tu.insns.append(Insn(addr, code[off:off + 1] or b"\x00", Kind.UNDEFINED, "(bad)", "", None))

@@ -120,6 +120,10 @@ _TEXTS: dict[str, tuple[str, tuple[str, ...]]] = {
         "sub dword ptr gs:[{BUDGET}], {n}; jns more;"
         "add al, 0x7f; sahf; mov eax, gs:[{S_EAX}]; clac; int3;"
         "more: add al, 0x7f; sahf; mov eax, gs:[{S_EAX}]; clac", ("slot", "slot4", "n")),
+    # The lazy flags turned into plain EFLAGS and synced (clac ends unicorn's
+    # block): see translate._needs_flags_sync.
+    "flags_sync": (
+        "stac; mov gs:[{S_EAX}], eax; lahf; seto al; add al, 0x7f; sahf; mov eax, gs:[{S_EAX}]; clac", ()),
     # GS swap around an instruction that uses the guest's GS.
     "gs_in": ("stac; mov gs, word ptr gs:[{VGS}]; clac", ()),
     "gs_out": ("stac; mov gs, word ptr cs:[{mon_gs}]; clac", ("mon_gs",)),

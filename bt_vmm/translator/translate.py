@@ -139,8 +139,10 @@ class Translator:
             start = e.here
             e.mark(insn.addr)
             if insn.kind is Kind.IDENT:
-                if insn.cs is not None and _needs_block_start(insn.cs):
-                    e.raw(TB_BREAK)
+                if insn.cs is not None and insn.cs.id == C.X86_INS_CMPXCHG8B:
+                    e.raw(TB_BREAK)             # see _needs_flags_sync
+                elif insn.cs is not None and _needs_flags_sync(insn.cs):
+                    e.raw(t("flags_sync").code)
                 e.raw(insn.raw)
                 ident += 1
             else:
@@ -240,6 +242,8 @@ class Translator:
         elif k is Kind.SEG_READ:
             self._seg_read(e, insn)
         elif k is Kind.GS_ACCESS:
+            if _needs_flags_sync(cs):
+                e.raw(t("flags_sync").code)       # (before the GS swap: it uses the monitor's GS)
             e.raw(t("gs_in").code)
             e.mark(insn.addr, "gs")
             e.raw(insn.raw)
@@ -293,22 +297,22 @@ _SETCC_IDS = {getattr(C, f"X86_INS_SET{cc}") for cc in (
     "A", "AE", "B", "BE", "E", "G", "GE", "L", "LE", "NE", "NO", "NP", "NS", "O", "P", "S")}
 
 
-def _needs_block_start(cs) -> bool:
-    """Instructions unicorn 2.1.4 gets wrong unless they start a translation
-    block, where its lazy-flag state (cc_op) is synced; `jmp $+2` (TB_BREAK)
-    in front of them ends the block. (Both found by selfcheck.)
+def _needs_flags_sync(cs) -> bool:
+    """Instructions unicorn 2.1.4 gets wrong after flag-setting code in the
+    same translation block (all found by selfcheck):
 
     * cmpxchg8b: its helper recomputes the flags it must keep from a stale
-      cc_op whenever a flag-setting instruction precedes it in the block (the
-      counter template at the top of a CCF is one) -- garbage that can even
-      reach TF/DF/AC at the next exit;
-    * setcc and rcl/rcr with a memory operand: they compute the flags, which
-      drops the lazy state's operands, before a store that may fault; on a
-      fault the CPU state is rolled back to a cc_op whose operands are gone,
-      so after a hidden page fault (the shadow MMU filling an entry) the
-      instruction reruns on wrong flags."""
-    if cs.id == C.X86_INS_CMPXCHG8B:
-        return True
+      cc_op (no sync before the call) whenever a flag-setting instruction
+      precedes it in the block (the counter template at the top of a CCF is
+      one) -- garbage that can even reach TF/DF/AC at the next exit. Starting
+      a block there (TB_BREAK) is enough: the state is synced at block ends.
+    * setcc and rcl/rcr with a memory operand: they evaluate the lazy flags,
+      overwriting the state's operands, before a store that may fault; the
+      rollback after a fault restores the old cc_op but not its operands, so
+      after a hidden page fault (the shadow MMU filling an entry) the
+      instruction reruns on wrong flags. The flags_sync template first turns
+      the lazy state into plain EFLAGS, for which re-evaluation is harmless.
+      (This one returns True; cmpxchg8b is handled by the caller.)"""
     if cs.id in _SETCC_IDS or cs.id in (C.X86_INS_RCL, C.X86_INS_RCR):
         return any(op.type == C.X86_OP_MEM for op in cs.operands)
     return False

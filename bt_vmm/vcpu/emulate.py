@@ -38,6 +38,10 @@ _DR = {getattr(C, f"X86_REG_DR{n}"): n for n in range(8)}
 _SEG_LOAD_IDS = {C.X86_INS_LDS: "ds", C.X86_INS_LES: "es", C.X86_INS_LFS: "fs",
                  C.X86_INS_LGS: "gs", C.X86_INS_LSS: "ss"}
 HALT = -1   # returned by hlt with interrupts enabled: wait for an interrupt
+# Iterations of a rep ins/outs per exit: a longer one is restarted at the
+# instruction with ECX/ESI/EDI advanced, as an interrupted one is on hardware,
+# so a guest's `rep insb` of 4 G bytes cannot keep the monitor past --timeout.
+REP_CHUNK = 4096
 CR4_DE = 1 << 3
 DR6_FIXED_1, DR7_FIXED_1 = 0xFFFF0FF0, 0x400
 
@@ -166,32 +170,47 @@ class Emulator:
         port = self._read_op(frame, dst) & 0xFFFF
         self.bus.write(port, src.size, self._reg(frame, src.reg))
 
-    def _string_count(self, frame: Frame, insn) -> int:
-        return frame.r[1] if insn.cs.prefix[0] in (0xF3, 0xF2) else 1
+    def _string_io(self, frame: Frame, insn, size: int, index: int, one) -> int | None:
+        """The rep loop of ins/outs. The address size (0x67: SI/DI and CX) is
+        honoured, and a fault part-way leaves the registers at the iteration
+        that faulted, as a rep string instruction does (SDM vol. 1, 7.3.9.1),
+        instead of at its start with the earlier iterations' I/O already done
+        (both found by selfcheck)."""
+        a16 = insn.cs.prefix[3] == 0x67
+        mask = 0xFFFF if a16 else 0xFFFFFFFF
+        step = -size if frame.eflags & 0x400 else size
+        rep = insn.cs.prefix[0] in (0xF3, 0xF2)
+        count = (frame.r[1] & mask) if rep else 1
+        for _ in range(min(count, REP_CHUNK)):
+            try:
+                one((frame.r[index] & mask))
+            except GuestFault:
+                frame.commit()
+                raise
+            frame.r[index] = (frame.r[index] & ~mask) | ((frame.r[index] + step) & mask)
+            if rep:
+                frame.r[1] = (frame.r[1] & ~mask) | ((frame.r[1] - 1) & mask)
+        return insn.addr if rep and frame.r[1] & mask else None
 
-    def _ins(self, frame: Frame, insn) -> None:
+    def _ins(self, frame: Frame, insn) -> int | None:
         size = insn.cs.operands[0].size if insn.cs.operands[0].type == C.X86_OP_MEM else insn.cs.operands[1].size
         port = frame.r[2] & 0xFFFF
-        step = -size if frame.eflags & 0x400 else size
-        rep = insn.cs.prefix[0] in (0xF3, 0xF2)
-        for _ in range(self._string_count(frame, insn)):
-            self.mem.write_u(self.vcpu.seg_base("es") + frame.r[7], size, self.bus.read(port, size))
-            frame.r[7] = (frame.r[7] + step) & 0xFFFFFFFF
-            if rep:
-                frame.r[1] -= 1
+        es = self.vcpu.seg_base("es")
 
-    def _outs(self, frame: Frame, insn) -> None:
+        def one(di: int) -> None:
+            value = self.bus.read(port, size)
+            self.mem.write_u(es + di, size, value)
+        return self._string_io(frame, insn, size, 7, one)
+
+    def _outs(self, frame: Frame, insn) -> int | None:
         mem_op = next(op for op in insn.cs.operands if op.type == C.X86_OP_MEM)
         size = mem_op.size
-        seg = _SEG_NAME.get(mem_op.mem.segment, "ds")
+        base = self.vcpu.seg_base(_SEG_NAME.get(mem_op.mem.segment, "ds"))
         port = frame.r[2] & 0xFFFF
-        step = -size if frame.eflags & 0x400 else size
-        rep = insn.cs.prefix[0] in (0xF3, 0xF2)
-        for _ in range(self._string_count(frame, insn)):
-            self.bus.write(port, size, self.mem.read_u(self.vcpu.seg_base(seg) + frame.r[6], size))
-            frame.r[6] = (frame.r[6] + step) & 0xFFFFFFFF
-            if rep:
-                frame.r[1] -= 1
+
+        def one(si: int) -> None:
+            self.bus.write(port, size, self.mem.read_u(base + si, size))
+        return self._string_io(frame, insn, size, 6, one)
 
     # --- processor identification and MSRs ------------------------------------
     def _cpuid(self, frame: Frame, insn) -> None:
@@ -312,8 +331,11 @@ class Emulator:
     def _mov(self, frame: Frame, insn) -> int | None:
         dst, src = insn.cs.operands
         if dst.type == C.X86_OP_REG and dst.reg in _CR:
-            self.vcpu.write_cr(_CR[dst.reg], self._reg(frame, src.reg))
-            return insn.next
+            n = _CR[dst.reg]
+            self.vcpu.write_cr(n, self._reg(frame, src.reg))
+            # CR0/CR3/CR4 end the TU (CALLOUT_END); a CR2 write continues in the CCF,
+            # as the decoder promised (found by selfcheck: it started a new TU)
+            return insn.next if n in (0, 3, 4) else None
         if src.type == C.X86_OP_REG and src.reg in _CR:
             self._set_reg(frame, dst.reg, self.vcpu.read_cr(_CR[src.reg]))
             return None
