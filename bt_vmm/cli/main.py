@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("guests", help="list the bundled guests")
     from bt_vmm.tcprofile.cli import add_parser as add_tc_parser
     add_tc_parser(sub)
+    from bt_vmm.selfcheck.cli import add_parser as add_selfcheck_parser
+    add_selfcheck_parser(sub)
+    from bt_vmm.bench.cli import configure as configure_bench
+    configure_bench(sub.add_parser("bench", help="run the benchmarks: nanobenchmarks and "
+                                                 "macrobenchmarks per engine, and native"))
     return p
 
 
@@ -128,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tc":
             from bt_vmm.tcprofile.cli import run_tc
             return run_tc(args, parser)
+        if args.command == "selfcheck":
+            from bt_vmm.selfcheck.cli import main as run_selfcheck
+            return run_selfcheck(args)
+        if args.command == "bench":
+            from bt_vmm.bench.cli import main as run_bench_cli
+            return run_bench_cli(args)
         return _run(args)
     except BtVmmError as e:
         print(f"bt-vmm: {e}", file=sys.stderr)

@@ -32,6 +32,11 @@ GUESTS: dict[str, tuple[str, str]] = {
         "multi-process test OS: paging, ring-3 processes, int 0x80, preemption, "
         "demand paging, copy-on-write fork, ATA disk, serial shell",
     ),
+    "bench": (
+        "bench.elf",
+        "benchmark guest for `bt-vmm bench`: nanobenchmark loops and two ring-3 programs "
+        "between timing markers",
+    ),
 }
 
 
