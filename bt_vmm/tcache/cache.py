@@ -292,6 +292,13 @@ class TCache:
                 ccf.dead = True          # its counter slot is about to be reused
                 self.invalidations[f"flush:{reason}"] += 1
             self.retired.append(ccf)
+            # A flushed CCF never runs again (its callouts go below): drop the
+            # capstone objects (about 2 KB per instruction), which made a long
+            # run with a small TC grow without bound (benchmarks/soak.py).
+            for insn in ccf.tu.insns:
+                insn.cs = None
+            for c in ccf.code.callouts:
+                c.fast, c.fast_ready = None, False
         self._ccfs.clear()
         self._starts.clear()
         self.by_pc.clear()

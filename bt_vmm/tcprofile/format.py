@@ -28,7 +28,8 @@
         "regions": [[tc start, tc end, what, guest addr|null], ...]    the rest of the
                    CCF: entry-check, counter, irq-check, fallthrough-exit, exit-stubs
         "exits":   [[kind, guest target, tc of the rel32 field, tc of the stub], ...]
-        "callouts":[[tc addr of the int3, kind, guest eip, times it fired, reason], ...]
+        "callouts":[[tc addr, kind, guest eip, times it fired, reason], ...]   every int3
+                   callout, and every preemption check (a `bound` that raises #BR)
         "pcmap":   [[tc addr, guest eip, register to restore|null], ...]
         "executions" (the CCF's counter), "lookup_collisions" (lookup misses at
         its entry check: another PC in the same table slot),

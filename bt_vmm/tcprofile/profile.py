@@ -55,7 +55,7 @@ class Exit:
 
 @dataclass(frozen=True)
 class CalloutSite:
-    addr: int            # TC address of the int3
+    addr: int            # TC address of the int3 (or of the `bound` of a preemption check)
     kind: str
     guest_eip: int
     hits: int

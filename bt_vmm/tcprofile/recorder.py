@@ -2,7 +2,8 @@
 
 The TCache calls the recorder on every translation, chain, invalidation and
 flush; the engine calls it on every callout (the int3 exits the translator
-planted), which attributes exits to the CCF that contains them. Each call is a
+planted) and every preemption check that fired (a `bound` raising #BR), which
+attributes those exits to the CCF that contains them. Each call is a
 few dictionary and list operations in Python that already runs on that exit,
 so recording adds no exits of its own. Execution counts come from the
 counters the CCFs bump themselves (EngineOptions(count=True)) and are read
@@ -68,12 +69,12 @@ class TCRecorder:
         self.t0 = time.perf_counter()
 
     def translated(self, ccf) -> None:
-        t = time.perf_counter() - self.t0
+        t = round(time.perf_counter() - self.t0, 6)
         self._born[ccf.index] = t
         for i, site in enumerate(ccf.code.exits):
             self._site_owner[id(site)] = (ccf.index, i)
             self._sites.append(site)
-        self.events.append([round(t, 6), "translate", ccf.index, self.tcache.occupancy])
+        self.events.append([t, "translate", ccf.index, self.tcache.occupancy])
 
     def chained(self, site, target) -> None:
         owner = self._site_owner.get(id(site))
@@ -122,7 +123,11 @@ class TCRecorder:
         counted = bool(tc.translator.count)
         by_ccf: dict[int, list] = {}
         shared = []
-        for c, n in self._hits.values():
+        hits = list(self._hits.values())
+        for c in tc.callouts.values():     # re-enter int3s of dead CCFs that never fired
+            if c.kind == "reenter" and id(c) not in self._hits:
+                hits.append([c, 0])
+        for c, n in hits:
             if c.ccf is None:
                 shared.append([c.addr, c.kind, n])
             else:
@@ -176,9 +181,11 @@ class TCRecorder:
         code = ccf.code
         tu = code.tu
         hits = {id(c): n for c, n in hit_callouts}
+        # int3 callouts, and the preemption checks (a `bound` that raises #BR)
+        sites = list(code.callouts) + list(getattr(code, "preempt_points", ()))
         callouts = [[c.addr, c.kind, c.guest_eip, hits.get(id(c), 0), callout_reason(c)]
-                    for c in code.callouts]
-        known = {id(c) for c in code.callouts}
+                    for c in sorted(sites, key=lambda c: c.addr)]
+        known = {id(c) for c in sites}
         for c, n in hit_callouts:         # e.g. the re-enter int3 an invalidation planted
             if id(c) not in known:
                 callouts.append([c.addr, c.kind, c.guest_eip, n, callout_reason(c)])

@@ -31,9 +31,9 @@ REWRITES = {
     "popf": "popf: inline, image split into virtual IF/IOPL/AC; irq check after it",
     "segment-read": "reads the virtual selector inline",
     "gs-access": "guest GS swapped in around the instruction",
-    "callout": "callout: int3, emulated by the monitor, continues in the CCF",
-    "callout-end": "callout: int3, emulated by the monitor, which picks the next CCF",
-    "undefined": "undefined opcode: int3, #UD delivered to the guest",
+    "callout": "emulated by the monitor; the CCF goes on",
+    "callout-end": "emulated by the monitor, which picks the next CCF",
+    "undefined": "undefined opcode: #UD delivered to the guest",
 }
 REGIONS = {
     "entry-check": "indirect entry: checks the looked-up guest PC",
@@ -42,10 +42,35 @@ REGIONS = {
     "fallthrough-exit": "exit to the next TU",
     "exit-stubs": "unchained exits land on these int3 stubs",
 }
-_GS_NAMES = {getattr(R, n): n for n in ("S_EAX", "S_ECX", "S_TARGET", "S_FLAGS", "VIF", "VIOPL",
-                                       "VAC", "PENDING", "VCS", "VGS", "BUDGET", "MON_GS_SEL",
-                                       "N_LOOKUPS", "PREEMPT")}
+# Names of the monitor data page's words (region.py), for the TC disassembly.
+_GS_NAMES: dict[int, str] = {}
+for _name, _value in vars(R).items():
+    if _name.isupper() and isinstance(_value, int) and 0 <= _value < R.DATA_SIZE:
+        _GS_NAMES.setdefault(_value, _name)
 _GS_REF = re.compile(r"gs:\[(0x[0-9a-f]+|\d+)\]")
+_ABS_REF = re.compile(r"cs:\[(0x[0-9a-f]+)\]")          # e.g. the preemption check's bounds
+_REGION_NAMES: dict[int, str] = {}
+for _name, _value in vars(R).items():
+    if _name.isupper() and isinstance(_value, int) and _value >= R.DATA_SIZE:
+        _REGION_NAMES.setdefault(_value, _name)
+_CALLOUT_WHY = {
+    "lookup-miss": "the table slot held another PC",
+    "exit": "unchained exit",
+    "irq-window": "an interrupt became deliverable",
+    "preempt": "preemption check: #BR once the timer thread wants the CPU",
+    "reenter": "invalidated: re-dispatch on the guest PC",
+    "insn-limit": "--max-insns budget spent",
+}
+
+
+def _monitor_name(off: int) -> str | None:
+    if off in _GS_NAMES:
+        return _GS_NAMES[off]
+    if R.COUNTERS <= off < R.COUNTERS + 8 * R.COUNTER_SLOTS:
+        return f"counter[{(off - R.COUNTERS) // 8}]" + (".hi" if off % 8 else "")
+    return None
+
+
 _syntax = Syntax("", "nasm", theme="monokai", background_color="default")
 
 
@@ -166,8 +191,9 @@ def describe(p: Profile, c: CCFRecord) -> dict[str, Any]:
             text = f"{mnemonic} {op_str}".strip()
             notes = []
             s = callouts.get(addr)
-            if s is not None and mnemonic == "int3":
-                notes.append(f"callout {s.reason} (guest {s.guest_eip:#x}) ×{s.hits:,}")
+            if s is not None and mnemonic in ("int3", "bound"):
+                why = _CALLOUT_WHY.get(s.kind)
+                notes.append(f"callout {s.reason} ×{s.hits:,}" + (f" ({why})" if why else ""))
             e = exits_by_field.get(addr + size - 4)
             if e is not None and mnemonic.startswith("j"):
                 chained = ", ".join(f"#{i}" for i in e.chained_to)
@@ -175,12 +201,11 @@ def describe(p: Profile, c: CCFRecord) -> dict[str, Any]:
                              + (f"chained to CCF {chained}" if chained else "never chained (stub)"))
             if lookup is not None and mnemonic == "jmp" and op_str == f"{lookup:#x}":
                 notes.append("→ in-TC lookup")
-            for m in _GS_REF.finditer(op_str):
-                name = _GS_NAMES.get(int(m.group(1), 0))
-                if name:
-                    notes.append(f"gs:{name}")
+            names = [_monitor_name(int(m.group(1), 0)) for m in _GS_REF.finditer(op_str)]
+            names += [_REGION_NAMES.get(int(m.group(1), 0) - R.lin(0)) for m in _ABS_REF.finditer(op_str)]
             out.append({"addr": addr, "bytes": c.code[addr - c.tc:addr - c.tc + size].hex(),
-                        "text": text, "note": "; ".join(notes)})
+                        "text": text, "monitor": ", ".join(n for n in names if n),
+                        "note": "; ".join(notes)})
         return out
 
     rows = []
@@ -227,36 +252,41 @@ def print_show(d: dict[str, Any], con: Console) -> None:
         head.append(f"\ntranslated at {d['born']:.3f} s")
         if d["died"] is not None:
             head.append(f", dropped at {d['died']:.3f} s")
-    table = Table(show_lines=True, expand=False)
+    table = Table(expand=False)
     table.add_column("guest", no_wrap=True)
     table.add_column("kind", no_wrap=True)
     table.add_column("translation in the TC", no_wrap=True)
-    table.add_column("what", overflow="fold")
+    table.add_column("what")
     for r in d["rows"]:
-        if r["guest"] is not None:
-            guest = Text(f"{r['guest']:08x}  ", style="cyan")
-            guest.append_text(asm(r["text"]))
-        else:
-            guest = Text("")
         rewritten = r["kind"] != "ident" and r["guest"] is not None
-        kind = Text(("▶ " if rewritten else "") + r["kind"],
-                    style="bold yellow" if rewritten else ("dim" if r["guest"] is None else "green"))
-        tc = Text()
-        notes = Text()
-        for n, t in enumerate(r["tc"]):
-            if n:
-                tc.append("\n")
-                notes.append("\n")
-            tc.append(f"{t['addr']:08x}  ", style="dim")
-            tc.append_text(asm(t["text"]))
-            if t["note"]:
-                style = "bold red" if t["note"].startswith("callout") else (
-                    "magenta" if t["note"].startswith(("exit", "→")) else "dim")
-                notes.append(t["note"], style=style)
-        what = Text(r["rewrite"], style="yellow" if rewritten else "dim")
-        if len(r["tc"]) > 1 or any(t["note"] for t in r["tc"]):
-            what = Text.assemble(what, "\n", notes) if r["rewrite"] else notes
-        table.add_row(guest, kind, tc, what)
+        notes = [t["note"] for t in r["tc"]] or [""]
+        if r["rewrite"]:
+            free = next((n for n, note in enumerate(notes) if not note), None)
+            if free is None:
+                notes[0] = f"{notes[0]}: {r['rewrite']}"
+            else:
+                notes[free] = r["rewrite"]
+        for n, t in enumerate(r["tc"] or [None]):
+            guest, kind = Text(""), Text("")
+            if n == 0:
+                if r["guest"] is not None:
+                    guest = Text(f"{r['guest']:08x}  ", style="cyan")
+                    guest.append_text(asm(r["text"]))
+                kind = Text(("▶ " if rewritten else "") + r["kind"],
+                            style="bold yellow" if rewritten else
+                            ("dim" if r["guest"] is None else "green"))
+            tc = Text()
+            if t is not None:
+                tc.append(f"{t['addr']:08x}  ", style="dim")
+                tc.append_text(asm(t["text"]))
+                if t["monitor"]:
+                    tc.append(f"  ; {t['monitor']}", style="dim italic")
+            note = notes[n]
+            style = ("bold red" if note.startswith("callout") else
+                     "magenta" if note.startswith(("exit", "→")) else
+                     "yellow" if rewritten else "dim")
+            table.add_row(guest, kind, tc, Text(note, style=style))
+        table.add_section()
     links = Text()
     for e in d["exits"]:
         to = ", ".join(f"#{i}" for i in e["chained_to"]) or "not chained"
@@ -301,13 +331,13 @@ def timeline_buckets(series: dict[str, Any], buckets: int = 20) -> list[dict[str
 
 def print_timeline(series: dict[str, Any], con: Console, path: str) -> None:
     rows = timeline_buckets(series)
-    cap = series.get("tc_capacity_bytes") or max((r["occupancy"] for r in rows), default=1) or 1
+    peak = max((r["occupancy"] for r in rows), default=0) or 1      # bars scale to the peak
     table = Table(title=f"TC timeline of {path} ({series['time_unit']})")
     for name in ("time s", "translations", "chains", "lookup misses", "invalidations", "flushes",
                  "TC occupancy"):
         table.add_column(name, justify="right" if name != "TC occupancy" else "left")
     for r in rows:
-        bar = "█" * round(20 * r["occupancy"] / cap)
+        bar = "█" * round(20 * r["occupancy"] / peak)
         table.add_row(f"{r['from']:.2f}-{r['to']:.2f}", str(r["translations"] or ""),
                       str(r["chains"] or ""), str(r["lookup_misses"] or ""),
                       str(r["invalidations"] or ""), Text(str(r["flushes"] or ""), style="red"),
