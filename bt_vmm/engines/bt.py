@@ -348,6 +348,10 @@ class BTEngine:
         """hlt with IF=1: sleep until a device deadline, host input or --timeout
         (with none of them, forever, as the hardware would)."""
         self.exits["halt"] += 1
+        # An idle guest may be waiting for the user: a partial line on COM1 (a
+        # shell prompt, echoed keystrokes) must reach the terminal now, not at
+        # the next newline (found by benchmarks/soak.py, which waits for the prompt).
+        self.m.devices.uart.flush()
         while True:
             if self._interrupt_deliverable():
                 self._deliver_interrupt(Frame(self.regs), self._exit_eip_after_halt)
