@@ -206,13 +206,10 @@ def test_guest_runs_under_qemu(built_guests):
     assert out.count("\nBEGIN ") == out.count("\nWARM ") == 16 and out.count("\nEND\n") == 32
 
 
-@pytest.mark.xfail(reason="BT engine: after the watchdog's emu_stop of directly executed user "
-                          "code, unicorn's EIP is stale and the guest resumes at the wrong "
-                          "instruction (passes with --stats, whose block hook keeps EIP current)",
-                   strict=False)
 def test_long_user_loop_survives_preemption_under_bt(bench_elf):
-    # compute runs ~60 ms in ring 3 without an exit: the PIT's deadline makes the
-    # watchdog stop it with emu_stop after 4 ms
+    # compute runs ~60 ms in ring 3 without an exit: the timer interrupts it at
+    # stop points (engines/stop_points.py); a stale EIP after such a stop
+    # would run a block twice and change the checksum
     run = run_guest(BTEngine, bench_elf, cmdline(["compute"], {"compute": 30000}, rounds=2),
                     timeout=60)
     assert run.error is None

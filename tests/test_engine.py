@@ -322,7 +322,6 @@ def test_check_mode_catches_guest_code_run_outside_the_tc():
 
 
 def test_multiboot_modules_reach_the_guest():
-    import tempfile
     from asmkernel import build_kernel, ListSink
     from bt_vmm.engines.bt import BTEngine, EngineOptions
     from bt_vmm.loaders import Module, load_multiboot

@@ -56,7 +56,7 @@ def test_each_vector_is_delivered_with_the_architectural_frame(name):
         {insn}
     after:
         {exit_with(1)}
-    """ + RECORD + f"""
+    """ + RECORD + """
     bounds:
         .long 0
         .long 0

@@ -329,7 +329,7 @@ def test_guest_mapping_the_monitor_range_ends_the_run():
     """Hardware: the guest's own page at 0xFFC00000 is used. Here: status 6 (the
     region does not move yet)."""
     run = run_ring3(f"mov eax, [{MON_DATA + 0x10}]; {exit_with(1)}",
-                    f"syscall_handler: iretd\n" + RECORD,
+                    "syscall_handler: iretd\n" + RECORD,
                     setup=f"mov dword ptr [{PD} + 1023*4], {PT0} + 7")
     assert run.result.status == EXIT_MONITOR
     assert "maps the monitor region's linear range" in run.result.reason

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import test_loaders_multiboot as lm
-from asmkernel import DATA, POWEROFF, ListSink, build_kernel, exit_with, read_u32, run_kernel
+from asmkernel import DATA, POWEROFF, ListSink, build_kernel, read_u32, run_kernel
 from test_cli import HELLO_ELF, aout_kludge_image, bt_vmm, elf64_header
 from bt_vmm.engines.bt import BTEngine, EngineOptions
 from bt_vmm.errors import BadInput

@@ -21,7 +21,6 @@ Every exit is counted by reason.
 from __future__ import annotations
 
 import bisect
-import ctypes
 import struct
 import threading
 import time
@@ -31,8 +30,8 @@ from dataclasses import dataclass
 from unicorn import (UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
                      UcError)
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 
+from bt_vmm.engines.stop_points import StopPoints
 from bt_vmm.errors import (EXIT_INSN_LIMIT, EXIT_MONITOR, EXIT_TIMEOUT, EXIT_TRIPLE_FAULT,
                            BtVmmError, GuestExit, Unsupported)
 from bt_vmm.machine.layout import MON_BASE
@@ -44,10 +43,10 @@ from bt_vmm.translator import Callout, Translator
 from bt_vmm.vcpu.emulate import HALT, Emulator
 from bt_vmm.vcpu.frame import Frame
 from bt_vmm.vcpu.quirks import CplSwitch, FaultState
-from bt_vmm.vcpu.state import AC, IF, IOPL, TripleFault
+from bt_vmm.vcpu.state import AC, IOPL, TripleFault
 
 ERROR_CODE_VECTORS = {8, 10, 11, 12, 13, 14, 17}
-USER_GRACE = 4e-3           # how long directly executed code may ignore the preemption flag
+REQUEST_REPEAT = 1e-3       # the watchdog repeats an unanswered preemption request this often
 SEG_REGS = (("ds", X.UC_X86_REG_DS), ("es", X.UC_X86_REG_ES), ("fs", X.UC_X86_REG_FS))
 
 
@@ -73,22 +72,17 @@ class Watchdog:
     """One long-lived thread that gets the monitor control at a deadline (a
     device timer, --timeout) or when woken (host input).
 
-    While guest kernel code runs from the TC it raises the TC's preemption flag,
-    which the CCFs test at every loop back-edge and indirect lookup and exit
-    on, at a guest instruction boundary. While guest user code runs directly it
-    calls emu_stop: unicorn's cross-thread stop can land inside a block and
-    re-execute an instruction (unicorn issue #1355, reproduced here on TC code),
-    so it is kept to direct execution, made under the machine's hook lock
-    (never while a hook runs) and repeated every millisecond until the monitor
-    re-arms the watchdog."""
+    It only raises the preemption request (`request`, a couple of memory
+    stores): the TC's checks at loop back-edges and indirect lookups see it,
+    and so do the stop points of code unicorn runs as is (stop_points.py);
+    either way the monitor gets control at a guest instruction boundary. The
+    request is repeated every millisecond until the monitor re-arms."""
 
-    def __init__(self, stop, lock) -> None:
-        self._stop = stop
-        self._lock = lock
+    def __init__(self, request) -> None:
+        self._request = request
         self._cv = threading.Condition()
         self._deadline: float | None = None
         self.fired = False
-        self._stage = 0
         self._alive = True
         self._thread = threading.Thread(target=self._loop, name="bt-vmm-watchdog", daemon=True)
         self._thread.start()
@@ -97,7 +91,6 @@ class Watchdog:
         with self._cv:
             self._deadline = deadline
             self.fired = False
-            self._stage = 0
             self._cv.notify()
 
     def wake(self) -> None:
@@ -122,12 +115,9 @@ class Watchdog:
                 if delay > 0:
                     self._cv.wait(delay)
                     continue
-                # Ask again (more forcefully) until the monitor re-arms.
-                self._deadline = time.monotonic() + (USER_GRACE if self._stage == 0 else 1e-3)
-                stage = self._stage
-                self._stage += 1
+                self._deadline = time.monotonic() + REQUEST_REPEAT
                 self.fired = True
-            self._stop(stage)
+            self._request()
 
 
 class BTEngine:
@@ -162,9 +152,11 @@ class BTEngine:
         self._exit_eip: int | None = None   # guest EIP of the exit being handled
         self._pending_fault: tuple[int, GuestFault | None] | None = None
         self._exit_eip_after_halt = 0
-        self._lock = machine.hook_lock
+        # Code below the monitor region runs as is (user code; the kernel under
+        # trap-and-emulate): stop points stop it for a preemption request.
+        self.stop_points = StopPoints(uc, 0, MON_BASE - 1)
         self._set_preempt(False)
-        self.watchdog = Watchdog(self._preempt_request, self._lock)
+        self.watchdog = Watchdog(lambda: self._set_preempt(True))
         machine.on_host_input = self.watchdog.wake
         if options.max_insns is not None:
             uc.mem_write(R.lin(R.BUDGET), struct.pack("<i", min(options.max_insns, 0x7FFFFFFF)))
@@ -173,7 +165,6 @@ class BTEngine:
         uc.hook_add(UC_HOOK_INSN, self._on_user_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_user_out, None, 1, 0, X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
-        self._add_stop_point_hook(uc)
         if options.count:
             # Blocks below the monitor region are directly executed user code
             # (kernel code only ever runs from the TC): count their instructions.
@@ -190,7 +181,6 @@ class BTEngine:
         start = time.perf_counter()
         if self.opts.timeout:
             self._deadline = time.monotonic() + self.opts.timeout
-        self._lock.acquire()
         try:
             eip = self._kernel_eip(entry)
             while True:
@@ -198,13 +188,10 @@ class BTEngine:
                     return self._result(start, EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s")
                 self._halted = False
                 self.watchdog.arm(self._next_deadline())
-                self._lock.release()
                 try:
                     uc.emu_start(eip, self.tcache.stop_addr)
                 except UcError as e:
-                    self._lock.acquire()
                     return self._result(start, EXIT_MONITOR, f"unicorn stopped: {e}", dump=True)
-                self._lock.acquire()
                 self.watchdog.arm(None)
                 self.faults.reset()      # an exception cut short by the stop must not linger
                 if self._error is not None:
@@ -227,7 +214,6 @@ class BTEngine:
                                         f"emulation stopped outside the TC at {eip:#x}", dump=True)
         finally:
             self.watchdog.close()
-            self._lock.release()
             self.m.devices.uart.flush()
 
     def _result(self, start: float, status: int, reason: str, dump: bool = False) -> RunResult:
@@ -239,23 +225,19 @@ class BTEngine:
     _CLOSED_BOUNDS = struct.pack("<ii", 1, 0)
 
     def _set_preempt(self, on: bool) -> None:
-        """A plain store into the monitor region's host memory: safe from the
-        timer thread, seen by the TC at its next check."""
+        """Plain stores into host memory, safe from the timer thread: the
+        bounds in the monitor region, seen by the TC at its next check, and
+        the stop points' flag, seen at the next block of directly run code."""
         b = R.PREEMPT_BOUNDS
         self.m.mon[b:b + 8] = self._CLOSED_BOUNDS if on else self._OPEN_BOUNDS
+        if on:
+            self.stop_points.request()
+        else:
+            self.stop_points.clear()
 
     def _preempt_pending(self) -> bool:
         b = R.PREEMPT_BOUNDS
         return self.m.mon[b:b + 8] == self._CLOSED_BOUNDS
-
-    def _preempt_request(self, stage: int) -> None:
-        """From the watchdog thread: get the monitor control soon."""
-        self._set_preempt(True)
-        if stage:
-            with self._lock:
-                if self._native():
-                    self.exits["user-preempt-stop"] += 1
-                    self.m.uc.emu_stop()
 
     def _preempted(self, guest_eip: int, frame_fixup=None) -> None:
         """A check point in the TC saw the preemption flag: the CPU is at a
@@ -286,10 +268,6 @@ class BTEngine:
 
     def _kernel_eip_valid(self, eip: int) -> bool:
         return R.lin(R.TC_BASE) <= eip < R.lin(R.TC_END)
-
-    def _native(self) -> bool:
-        """Is unicorn running guest code as is (so only emu_stop can preempt it)?"""
-        return self.user_mode
 
     def _kernel_segments(self) -> None:
         """Unicorn's privilege level and segments for guest kernel code: CPL0 on
@@ -417,8 +395,7 @@ class BTEngine:
     # --- hooks ----------------------------------------------------------------------
     def _guarded(self, fn, *args):
         try:
-            with self._lock:
-                return fn(*args)
+            return fn(*args)
         except GuestExit as e:
             self._finish(e.status, e.reason)
         except TripleFault as e:
@@ -461,20 +438,6 @@ class BTEngine:
         else:
             self._guarded(self._fault, 6)
         return self._stop is None and self._error is None
-
-    def _add_stop_point_hook(self, uc) -> None:
-        """A block hook on directly executed code, whose callback is a native
-        no-op. Unicorn then brings EIP up to date and honours a stop request at
-        every block start there; without it, a cross-thread emu_stop can leave
-        EIP at a stale block start with later registers (unicorn issue #1355,
-        reproduced by the bench guest's compute loop). The TC is outside the
-        range: it never pays for this."""
-        noop = ctypes.cast(ctypes.CDLL(None).abs, ctypes.c_void_p)
-        self._stop_hook = uc_hook_h()
-        err = uclib.uc_hook_add(uc._uch, ctypes.byref(self._stop_hook), UC_HOOK_BLOCK, noop, None,
-                                ctypes.c_uint64(0), ctypes.c_uint64(MON_BASE - 1))
-        if err:
-            raise RuntimeError(f"uc_hook_add (stop points) failed: {err}")
 
     def _on_user_block(self, uc, address: int, size: int, _ud) -> None:
         key = (address, size)

@@ -23,7 +23,6 @@ arrive as instruction hooks and are served there.
 
 from __future__ import annotations
 
-import struct
 from collections import Counter
 
 from capstone import x86_const as C
@@ -37,7 +36,6 @@ from bt_vmm.errors import Unsupported
 from bt_vmm.machine.layout import MON_BASE
 from bt_vmm.machine.memory import GuestFault
 from bt_vmm.machine.pc import Machine
-from bt_vmm.tcache import region as R
 from bt_vmm.vcpu import cpuid as cpuid_mod
 from bt_vmm.vcpu.emulate import HALT
 from bt_vmm.vcpu.frame import Frame
@@ -87,9 +85,6 @@ class TrapEngine(BTEngine):
         return pc
 
     def _kernel_eip_valid(self, eip: int) -> bool:
-        return True
-
-    def _native(self) -> bool:
         return True
 
     def _kernel_segments(self) -> None:

@@ -117,10 +117,7 @@ class Machine:
         self.uc = uc
         self.regs = Regs(uc)
         self.mem = GuestMemory(uc, self.ram)
-        # Held by the monitor whenever it is not inside unicorn's generated
-        # code (every hook takes it): see engines/bt.py, Watchdog.
-        self.hook_lock = threading.RLock()
-        self.traces = PageTraces(uc, self.mem.write_raw, self.hook_lock)
+        self.traces = PageTraces(uc, self.mem.write_raw)
         self.mmio_ranges = [(lapic_mod.BASE, 0x1000), (ioapic_mod.BASE, 0x1000)]
         self.mmu = ShadowMMU(uc, self.ram, mem_size, self.traces, mmio=self.mmio_ranges)
         self.mem.on_write = self.traces.notify
@@ -178,14 +175,12 @@ class Machine:
 
     def _mmio_reader(self, dev):
         def read(uc, offset: int, size: int, _ud) -> int:
-            with self.hook_lock:
-                return dev.mmio_read(offset, size)
+            return dev.mmio_read(offset, size)
         return read
 
     def _mmio_writer(self, dev):
         def write(uc, offset: int, size: int, value: int, _ud) -> None:
-            with self.hook_lock:
-                dev.mmio_write(offset, size, value)
+            dev.mmio_write(offset, size, value)
         return write
 
     def _isa_line(self, irq: int):

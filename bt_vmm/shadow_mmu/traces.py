@@ -28,9 +28,8 @@ class TraceOwner(Protocol):
 
 
 class PageTraces:
-    def __init__(self, uc: Uc, ram_write: Callable[[int, bytes], None], lock) -> None:
+    def __init__(self, uc: Uc, ram_write: Callable[[int, bytes], None]) -> None:
         self._uc = uc
-        self._lock = lock
         self._ram_write = ram_write
         self.owners: dict[int, set[TraceOwner]] = {}   # page -> owners
         self.trace_faults = 0
@@ -76,8 +75,7 @@ class PageTraces:
             # only (found by selfcheck: the whole store landed, even into the
             # next physical frame, and then the guest got a #PF for it).
             return True
-        with self._lock:
-            self.trace_faults += 1
-            self.notify(addr, size)
-            self._ram_write(addr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        self.trace_faults += 1
+        self.notify(addr, size)
+        self._ram_write(addr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
         return True

@@ -1,0 +1,77 @@
+"""Stop points: precise asynchronous stops of guest code that unicorn runs as is.
+
+Guest code that runs untranslated (user code under both engines, the kernel
+under trap-and-emulate) has no preemption checks of its own, so a timer
+thread must make unicorn stop it. Calling `uc_emu_stop` from that thread is
+not precise in unicorn 2.1.4 (issue #1355): when the stop request lands while
+a block runs, the next block's exit check leaves the loop without writing the
+block's start address back to EIP, so the monitor sees the registers after a
+block with the EIP before it and would run the block twice (reproduced by the
+bench guest's compute loop).
+
+A stop requested from inside a block hook is precise: the hook runs with EIP
+at the block's start and before any of its instructions. So the timer thread
+only raises a flag, and a block hook whose callback is a few native
+instructions stops emulation at the next block start once the flag is up.
+The callback is machine code generated here (no compiler needed, and no
+Python on the path: a Python block hook would cost about a microsecond per
+block); on hosts other than x86-64 it is a ctypes callback doing the same.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import platform
+
+from unicorn import UC_HOOK_BLOCK
+from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
+
+_HOOK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+
+
+def _native_callback(emu_stop: int) -> tuple[mmap.mmap, int]:
+    """x86-64 System V code for `void cb(uc, address, size, int32_t *flag)`:
+    return unless *flag, else tail-call uc_emu_stop(uc) (uc is still in rdi)."""
+    code = (b"\x8b\x01"                       # mov eax, [rcx]
+            b"\x85\xc0"                       # test eax, eax
+            b"\x75\x01"                       # jnz stop
+            b"\xc3"                           # ret
+            b"\x48\xb8" + emu_stop.to_bytes(8, "little") +   # stop: movabs rax, uc_emu_stop
+            b"\xff\xe0")                      # jmp rax
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(code)
+    return page, ctypes.addressof(ctypes.c_char.from_buffer(page))
+
+
+class StopPoints:
+    """A block hook over guest linear addresses [begin, end] that stops
+    emulation at the next block start once `request()` was called (from any
+    thread). The monitor calls `clear()` when it has handled the stop."""
+
+    def __init__(self, uc, begin: int, end: int) -> None:
+        self.flag = ctypes.c_int32(0)
+        self._keep: object
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            self._keep, addr = _native_callback(ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
+            callback = ctypes.c_void_p(addr)
+        else:
+            flag = self.flag
+
+            def check(uch, _address, _size, _ud) -> None:
+                if flag.value:
+                    uclib.uc_emu_stop(uch)
+            self._keep = _HOOK_CB(check)
+            callback = ctypes.cast(self._keep, ctypes.c_void_p)
+        self._hook = uc_hook_h()
+        err = uclib.uc_hook_add(uc._uch, ctypes.byref(self._hook), UC_HOOK_BLOCK, callback,
+                                ctypes.c_void_p(ctypes.addressof(self.flag)),
+                                ctypes.c_uint64(begin), ctypes.c_uint64(end))
+        if err:
+            raise RuntimeError(f"uc_hook_add (stop points) failed: {err}")
+
+    def request(self) -> None:
+        self.flag.value = 1
+
+    def clear(self) -> None:
+        self.flag.value = 0
