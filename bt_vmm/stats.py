@@ -22,7 +22,7 @@ def collect(engine, result, counted: bool) -> dict[str, Any]:
     s = tc.stats
     uc = engine.m.uc
     callouts = {k: v for k, v in sorted(engine.exits.items())}
-    lookups = int.from_bytes(uc.mem_read(R.lin(R.N_LOOKUPS), 8), "little") if counted else None
+    lookups = int.from_bytes(uc.mem_read(R.phys(R.N_LOOKUPS), 8), "little") if counted else None
     misses = engine.exits.get("lookup-miss", 0)
     guest_insns = s["guest_insns"]
     data: dict[str, Any] = {

@@ -26,10 +26,11 @@ from bt_vmm.engines.bt import BTEngine, EngineOptions, RunResult
 from bt_vmm.errors import EXIT_MONITOR, EXIT_OK, EXIT_TIMEOUT, EXIT_TRIPLE_FAULT
 from bt_vmm.hosted.disk import DiskImage
 from bt_vmm.loaders import load_multiboot
-from bt_vmm.machine.layout import MON_BASE
+from bt_vmm.machine.layout import MON_BASE, MON_SIZE
 from bt_vmm.machine.pc import Machine
 from bt_vmm.shadow_mmu import mmu as mmu_mod
 from bt_vmm.tcache import region as R
+from bt_vmm.vcpu.descriptors import Descriptor
 from unicorn import x86_const as X
 
 MON_DATA = MON_BASE                       # the monitor's data page (virtual IF, scratch, ...)
@@ -45,50 +46,63 @@ CR4_SMAP = 1 << 21
 
 @dataclass
 class Snapshot:
+    base: int              # the region's linear placement
     shared: bytes          # lookup routine + miss stub, at the start of the TC
     gdt_slots: bytes       # the monitor's CS and GS descriptors
     gs_sel: bytes
-    kpde: int              # the monitor region's PDE in the kernel view ...
-    upde: int              # ... and in the user view
-    mon_pt: bytes          # the kernel view's page table for the region (if not a 4 MiB page)
+    kpde: tuple            # the monitor region's two shadow PDEs in the kernel view ...
+    upde: tuple            # ... and in the user view
+    mon_pt: bytes          # the kernel view's page tables for the region
 
 
-def _mon_pt(engine: BTEngine, pde: int) -> bytes:
-    if pde & mmu_mod.PS:
-        return b""
+def _mon_pt(engine: BTEngine, kpde: tuple) -> bytes:
     # accessed and dirty bits aside: the CPU's page walks set them
-    return b"".join(struct.pack("<I", engine.mmu._get(pde & ~0xFFF, i) & ~0x60) for i in range(1024))
+    mmu = engine.mmu
+    return b"".join(struct.pack("<Q", mmu._peek((half & ~0xFFF) + 8 * i) & ~0x60)
+                    for half in kpde for i in range(512))
+
+
+def _pdes(engine: BTEngine, view) -> tuple:
+    return tuple(e & ~0x60 for e in engine.mmu.pde(view, engine.placement.pde))
 
 
 def snapshot(engine: BTEngine) -> Snapshot:
     uc, tc, mmu = engine.m.uc, engine.tcache, engine.mmu
-    kpde = mmu._get(mmu.space.kpd, mmu_mod.MON_PDE) & ~0x60
+    kpde = _pdes(engine, mmu.space.kview)
     return Snapshot(
-        shared=bytes(uc.mem_read(tc.lookup_addr, tc._alloc_lo - tc.lookup_addr)),
-        gdt_slots=bytes(uc.mem_read(SHADOW_GDT + 8 * R.MON_CS_INDEX, 16)),
-        gs_sel=bytes(uc.mem_read(R.lin(R.MON_GS_SEL), 4)),
+        base=engine.placement.base,
+        shared=tc._read(tc.lookup_addr, len(tc.shared_code)),
+        gdt_slots=bytes(uc.mem_read(R.phys(R.SHADOW_GDT) + 8 * R.MON_CS_INDEX, 16)),
+        gs_sel=bytes(uc.mem_read(R.phys(R.MON_GS_SEL), 4)),
         kpde=kpde,
-        upde=mmu._get(mmu.space.upd, mmu_mod.MON_PDE) & ~0x60,
+        upde=_pdes(engine, mmu.space.uview),
         mon_pt=_mon_pt(engine, kpde),
     )
 
 
 def assert_monitor_intact(engine: BTEngine, before: Snapshot) -> None:
+    """The monitor's code, data and mappings are what the monitor made them --
+    at the region's current placement, if the guest made it move."""
     uc, tc, mmu = engine.m.uc, engine.tcache, engine.mmu
     after = snapshot(engine)
-    assert after.shared == before.shared, "the TC's shared lookup code changed"
-    assert after.gdt_slots == before.gdt_slots, "the monitor's GDT slots changed"
+    assert after.shared == tc.shared_code, "the TC's shared lookup code changed"
+    if after.base == before.base:
+        assert after.shared == before.shared and after.gdt_slots == before.gdt_slots
+    cs, gs = after.gdt_slots[:8], after.gdt_slots[8:]
+    assert cs == before.gdt_slots[:8], "the monitor's CS descriptor changed"
+    assert gs == Descriptor(engine.placement.base, MON_SIZE - 1, 0x93, 0x4).pack(), \
+        "the monitor's GS descriptor does not describe the region"
     assert after.gs_sel == before.gs_sel, "the monitor's GS selector changed"
     assert after.mon_pt == before.mon_pt, "the monitor region's page table changed"
     for space in mmu.spaces.values():
-        assert mmu._get(space.kpd, mmu_mod.MON_PDE) & ~0x60 == before.kpde
-        assert mmu._get(space.upd, mmu_mod.MON_PDE) & ~0x60 == before.upde
+        assert _pdes(engine, space.kview) == before.kpde
+        assert _pdes(engine, space.uview) == before.upde
     # Every live CCF is byte for byte what the translator produced, except the
     # rel32 fields of its exits (chaining points them at successors).
     live = list(tc.by_pc.values())
     for ccf in live:
         code = ccf.code
-        actual = bytearray(uc.mem_read(code.base, len(code.code)))
+        actual = bytearray(tc._read(code.base, len(code.code)))
         expected = bytearray(code.code)
         for site in code.exits:
             off = site.field - code.base
@@ -96,7 +110,7 @@ def assert_monitor_intact(engine: BTEngine, before: Snapshot) -> None:
         assert actual == expected, f"CCF for guest {ccf.pc:#x} changed in the TC"
     # The lookup table points at the miss stub or at the entry of a live CCF
     # whose guest PC hashes to that slot.
-    table = struct.unpack(f"<{R.LTABLE_ENTRIES}I", uc.mem_read(R.lin(R.LTABLE), 4 * R.LTABLE_ENTRIES))
+    table = struct.unpack(f"<{R.LTABLE_ENTRIES}I", uc.mem_read(R.phys(R.LTABLE), 4 * R.LTABLE_ENTRIES))
     entries = {ccf.code.entry: ccf.pc & 0xFFFF for ccf in live}
     for slot, target in enumerate(table):
         if target != tc.miss_stub:
@@ -281,16 +295,20 @@ def run_ring3(user: str, handlers: str, **kw) -> Run:
 # ================================================================ the monitor region and the TC
 #
 # Paging off: the region's linear range is where the TC lives; a PC would
-# have the BIOS flash there. The monitor ends the run (status 6) rather than
-# emulate the access; the TC and monitor data never change.
+# have its BIOS flash there, and here there is nothing. The guest's own
+# accesses make the monitor move out of the way and then read all ones and
+# write into nothing (status 3: the guest got to its exit). Accesses the
+# monitor makes for the guest (exception frames, descriptor tables, string
+# I/O) and fetches end the run (status 6). The TC and monitor data never change.
 
 MONITOR_CASES = [
-    ("read-monitor-data", f"mov eax, [{MON_DATA + R.VIF}]", "monitor region"),
-    ("write-tc-rep-stosd", f"mov edi, {TC}; mov ecx, 16; xor eax, eax; rep stosd", "monitor region"),
-    ("xchg-with-tc", f"xchg eax, [{TC}]", "monitor region"),
-    ("fxsave-into-region", f"fxsave [{MON_DATA + 0x1000}]", "monitor region"),
-    ("push-with-esp-in-region", f"mov esp, {MON_DATA + 0x100}; push eax", "monitor region"),
-    ("call-with-esp-in-region", f"mov esp, {MON_DATA + 0x100}; call next_; next_:", "monitor region"),
+    ("read-monitor-data", f"mov eax, [{MON_DATA + R.VIF}]", "moved"),
+    ("write-tc-rep-stosd", f"mov edi, {TC}; mov ecx, 16; xor eax, eax; rep stosd", "moved"),
+    ("xchg-with-tc", f"xchg eax, [{TC}]", "moved"),
+    # (fxsave runs, then the monitor rewrites its x87 instruction pointer: in nothing)
+    ("fxsave-into-region", f"fxsave [{MON_DATA + 0x1000}]", "nonexistent physical memory"),
+    ("push-with-esp-in-region", f"mov esp, {MON_DATA + 0x100}; push eax", "moved"),
+    ("call-with-esp-in-region", f"mov esp, {MON_DATA + 0x100}; call next_; next_:", "moved"),
     # The monitor itself writes the exception frame: through guest memory, never unicorn's map.
     ("exception-frame-in-region", f"mov esp, {MON_DATA + 0x100}; int3", "nonexistent physical memory"),
     ("sgdt-into-shadow-gdt", f"sgdt [{SHADOW_GDT}]", "nonexistent physical memory"),
@@ -310,29 +328,47 @@ MONITOR_CASES = [
 
 
 @pytest.mark.parametrize("name, access, reason", MONITOR_CASES, ids=[c[0] for c in MONITOR_CASES])
-def test_monitor_region_access_ends_the_run_and_changes_nothing(name, access, reason):
+def test_monitor_region_access_changes_nothing_of_the_monitor(name, access, reason):
     # Translate a few CCFs first, so that there is live TC code to corrupt.
     run = run_hostile(f"mov ecx, 3; warm: dec ecx; jnz warm; {access}; {exit_with(1)} fault_handler: {exit_with(2)}")
-    assert run.result.status == EXIT_MONITOR, run.result
-    assert reason in run.result.reason
+    if reason == "moved":
+        assert run.result.status == 3, run.result
+        assert run.engine.exits["monitor-moved"] == 1
+    else:
+        assert run.result.status == EXIT_MONITOR, run.result
+        assert reason in run.result.reason
     assert run.engine.tcache.stats["translated"] >= 3
 
 
-def test_kernel_with_paging_touching_the_unmapped_region_ends_the_run():
-    """Hardware: #PF (the guest does not map 0xFFC00000). Here: status 6."""
+def test_kernel_touching_the_unmapped_region_gets_a_page_fault():
+    """The guest does not map 0xFFC00000: a not-present #PF, as on hardware;
+    the monitor stays where it is."""
     run = run_hostile(paging_on() + f"mov eax, [{MON_DATA + 0x10}]; {exit_with(1)}" + RECORD)
-    assert run.result.status == EXIT_MONITOR
-    assert "guest kernel code accessed the monitor region" in run.result.reason
+    assert run.result.status == EXIT_OK, run.result
+    assert run.u32(DATA) == 0 and run.u32(DATA + 8) == MON_DATA + 0x10      # error code, CR2
+    assert run.engine.exits["monitor-moved"] == 0
 
 
-def test_guest_mapping_the_monitor_range_ends_the_run():
-    """Hardware: the guest's own page at 0xFFC00000 is used. Here: status 6 (the
-    region does not move yet)."""
-    run = run_ring3(f"mov eax, [{MON_DATA + 0x10}]; {exit_with(1)}",
-                    "syscall_handler: iretd\n" + RECORD,
-                    setup=f"mov dword ptr [{PD} + 1023*4], {PT0} + 7")
-    assert run.result.status == EXIT_MONITOR
-    assert "maps the monitor region's linear range" in run.result.reason
+def test_kernel_mapping_the_monitor_range_gets_its_own_memory():
+    """The guest maps 0xFFC00000 (onto its first 4 MiB): the monitor moves to a
+    range the guest does not use and the guest reads its own memory there."""
+    run = run_hostile(f"mov dword ptr [0x10], 0x12345678;"
+                      + paging_on(f"mov dword ptr [{PD} + 1023*4], {PT0} + 3")
+                      + f"mov eax, [{MON_DATA + 0x10}]; mov [{DATA} + 12], eax; {POWEROFF}" + RECORD)
+    assert run.result.status == EXIT_OK, run.result
+    assert run.u32(DATA + 12) == 0x12345678
+    assert run.engine.exits["monitor-moved"] == 1
+    assert run.engine.placement.pde not in (0, 1023)
+
+
+def test_user_code_mapping_the_monitor_range_gets_its_own_memory():
+    """Ring 3 reads its own code page through a mapping at 0xFFC00000."""
+    run = run_ring3(f"mov eax, [{MON_DATA}]; int 0x80",
+                    f"syscall_handler: mov [{DATA} + 12], eax; {POWEROFF}\n" + RECORD,
+                    setup=f"mov dword ptr [{PD} + 1023*4], {PT_USER} + 7")
+    assert run.result.status == EXIT_OK, run.result
+    assert run.u32(DATA + 12) == 0xC00000A1          # the first bytes of `mov eax, [0xffc00000]`
+    assert run.engine.exits["monitor-moved"] == 1
 
 
 @pytest.mark.parametrize("name, user, err", [
@@ -591,19 +627,26 @@ def test_recursive_page_directory():
     assert run.u32(PD + 8) == 0x282063                # PDE 2, also used as a PTE above
 
 
-@pytest.mark.parametrize("name, extra, access, reason", [
-    ("pte-beyond-ram", f"mov dword ptr [{PT0} + 0x3ff*4], 0x40000003", "mov eax, [0x3ff000]",
-     "maps linear 0x3ff000 to nonexistent physical memory 0x40000000"),
-    ("pte-into-pci-hole", f"mov dword ptr [{PT0} + 0x3ff*4], 0xe0000003", "mov dword ptr [0x3ff000], 1",
-     "nonexistent physical memory 0xe0000000"),
-    ("page-table-beyond-ram", f"mov dword ptr [{PD} + 4], 0x40000003", "mov eax, [0x400000]",
-     "page table at 0x40000000 lies outside guest RAM"),
+@pytest.mark.parametrize("name, extra", [
+    ("pte-beyond-ram", f"mov dword ptr [{PT0} + 0x3ff*4], 0x40000003"),
+    ("pte-into-pci-hole", f"mov dword ptr [{PT0} + 0x3ff*4], 0xe0000003"),
 ])
-def test_mappings_beyond_ram_end_the_run(name, extra, access, reason):
-    """Hardware: reads of nothing return all ones, writes vanish. Here: status 6."""
-    run = run_hostile(paging_on(extra) + f"{access}; {exit_with(1)}" + RECORD)
+def test_mappings_of_nothing_read_all_ones(name, extra):
+    """As on a PC: reads where no memory or device answers give all ones,
+    writes vanish; both are counted."""
+    run = run_hostile(paging_on(extra) + f"mov dword ptr [0x3ff000], 1; mov eax, [0x3ff000];"
+                      f"mov [{DATA} + 12], eax; {POWEROFF}" + RECORD)
+    assert run.result.status == EXIT_OK, run.result
+    assert run.u32(DATA + 12) == 0xFFFFFFFF
+    assert run.engine.m.unclaimed_memory == {"reads": 1, "writes": 1}
+
+
+def test_page_table_beyond_ram_ends_the_run():
+    """Hardware would walk all-ones entries. Here: status 6."""
+    run = run_hostile(paging_on(f"mov dword ptr [{PD} + 4], 0x40000003")
+                      + f"mov eax, [0x400000]; {exit_with(1)}" + RECORD)
     assert run.result.status == EXIT_MONITOR
-    assert reason in run.result.reason
+    assert "page table at 0x40000000 lies outside guest RAM" in run.result.reason
 
 
 def test_pte_onto_the_local_apic_reads_the_device():
@@ -649,18 +692,19 @@ def test_many_address_spaces_keep_the_shadow_memory_bounded():
     assert run.u32(DATA + 32) == 300
     assert len(mmu.spaces) <= mmu_mod.MAX_SPACES
     assert mmu.stats["spaces-built"] >= 300 and mmu.stats["spaces-dropped"] >= 300 - mmu_mod.MAX_SPACES
-    # each space holds two directories and its page tables: far below the pool
-    assert mmu_mod.POOL_PAGES - len(mmu._free) <= 4 * mmu_mod.MAX_SPACES
+    # each space holds a root page, eight directories (two views of four) and its
+    # page tables (two pool pages each): far below the pool
+    assert mmu_mod.POOL_PAGES - len(mmu._free) <= 12 * mmu_mod.MAX_SPACES
     assert len(mmu.pts) <= 2 * mmu_mod.MAX_SPACES
 
 
 def test_exhausting_the_shadow_pool_resets_it_cleanly(monkeypatch):
-    """A pool of 12 pages (16 MiB by default): the guest's spaces exhaust it
+    """A pool of 40 pages (16 MiB by default): the guest's spaces exhaust it
     over and over. A reset in the middle of a shadow fill left the dropped
     space's directory live in CR3 while its pages went back to the pool; now
     every fill leaves the live directory a pool page in use, of the current
     space."""
-    monkeypatch.setattr(mmu_mod, "POOL_PAGES", 12)
+    monkeypatch.setattr(mmu_mod, "POOL_PAGES", 40)
     checks = {"fills": 0}
     fill = mmu_mod.ShadowMMU.page_fault
 
@@ -670,7 +714,7 @@ def test_exhausting_the_shadow_pool_resets_it_cleanly(monkeypatch):
         finally:
             cr3 = self._uc.reg_read(X.UC_X86_REG_CR3)
             assert self.spaces.get(self.space.cr3) is self.space
-            assert cr3 in (self.space.kpd, self.space.upd) and cr3 not in self._free
+            assert cr3 in (self.space.kview.pdpt, self.space.uview.pdpt) and self.space.root not in self._free
             checks["fills"] += 1
 
     monkeypatch.setattr(mmu_mod.ShadowMMU, "page_fault", checked_fill)
@@ -678,7 +722,7 @@ def test_exhausting_the_shadow_pool_resets_it_cleanly(monkeypatch):
     assert run.result.status == EXIT_OK, run.result
     assert run.u32(DATA + 32) == 80
     assert run.engine.mmu.stats["pool-resets"] >= 5 and checks["fills"] >= 80
-    assert len(run.engine.mmu._free) <= 12
+    assert len(run.engine.mmu._free) <= 40
 
 
 # ================================================================ I/O floods
@@ -767,11 +811,12 @@ def test_garbage_to_every_isa_port(tmp_path):
     assert image.read_bytes() == before
 
 
-def test_unmapped_physical_memory_ends_the_run():
-    """Paging off, a read in the PCI hole. Hardware: all ones. Here: status 6."""
-    run = run_hostile(f"mov eax, [0xe0000000]; {exit_with(1)}" + RECORD)
-    assert run.result.status == EXIT_MONITOR
-    assert "nonexistent physical memory at 0xe0000000" in run.result.reason
+def test_unbacked_physical_memory_reads_all_ones():
+    """Paging off, a read in the PCI hole: all ones, as on a PC."""
+    run = run_hostile(f"mov eax, [0xe0000000]; mov [{DATA} + 12], eax; {POWEROFF}" + RECORD)
+    assert run.result.status == EXIT_OK, run.result
+    assert run.u32(DATA + 12) == 0xFFFFFFFF
+    assert run.engine.m.unclaimed_memory["reads"] == 1
 
 
 def test_flood_of_apic_mmio_on_unimplemented_registers():

@@ -190,7 +190,7 @@ def test_good_elf() -> None:
     assert mbi["mmap"] == [
         (0, 0x9FC00, 1),
         (0x9FC00, 0x400, 2),
-        (0xF0000, 0x10000, 2),
+        (0xE0000, 0x20000, 2),
         (0x100000, MEM - MiB, 1),
     ]
     # Everything the MBI points at lies in conventional memory above it.

@@ -95,11 +95,14 @@ def _elf_segment_cut() -> bytes:
     return HELLO[:ph.offset + ph.filesz // 2]
 
 
-def _bzimage() -> bytes:
+def _bzimage(syssize: int = 0) -> bytes:
     """What a Linux bzImage's first sectors look like (boot sector signature,
-    "HdrS" setup header, protocol 2.15): no multiboot header."""
+    "HdrS" setup header, protocol 2.15, a bzImage), with `syssize` paragraphs
+    of kernel declared."""
     data = bytearray(0x4000)
     data[0x1F1] = 4                                     # setup_sects
+    struct.pack_into("<I", data, 0x1F4, syssize)
+    data[0x211] = 1                                     # loadflags: LOADED_HIGH
     struct.pack_into("<H", data, 0x1FE, 0xAA55)
     data[0x202:0x206] = b"HdrS"
     struct.pack_into("<H", data, 0x206, 0x020F)
@@ -127,10 +130,13 @@ BAD_INPUT = [
      ["cut.bin", "multiboot header"], []),
     ("kernel-truncated-aout", _file("cut.bin", lm.build_aout(load_end=0x100000 + 0x4000)), ["run", "cut.bin"],
      ["cut.bin", "load_end_addr", "beyond the end of the file"], []),
-    # The Linux boot-protocol loader (bzImage, initrd) is issue 8: until it exists a
-    # bzImage is refused like any kernel without a multiboot header.
+    # The Linux boot protocol: a setup header that declares no kernel, or more than the file has.
     ("kernel-bzimage", _file("bzImage", _bzimage()), ["run", "bzImage"],
-     ["bzImage", "no multiboot header in the first 8 KiB"], []),
+     ["bzImage", "declares no protected-mode kernel"], []),
+    ("kernel-bzimage-truncated", _file("bzImage", _bzimage(syssize=0x1000)), ["run", "bzImage"],
+     ["bzImage", "truncated bzImage", "declares 68096 bytes"], []),
+    ("initrd-on-multiboot-kernel", _files(_file("hello.elf", HELLO), _file("rd.img", b"x")),
+     ["run", "hello.elf", "--initrd", "rd.img"], ["hello.elf", "--initrd applies to Linux bzImage"], []),
     ("kernel-big-endian-elf", _file("be.elf", _big_endian_elf()), ["run", "be.elf"], ["be.elf", "big-endian"], []),
     ("kernel-aarch64-elf", _file("a64.elf", elf64_header(183)), ["run", "a64.elf"],
      ["a64.elf", "64-bit AArch64 ELF"], []),

@@ -439,7 +439,7 @@ def test_live_panel_reads_counters_from_its_own_thread():
         snap = panel.snapshot()
         assert snap["translated"] == engine.tcache.stats["translated"]
         assert snap["insns"] == engine.tcache.guest_insns_executed() + engine.insns_direct
-        lookups = struct.unpack("<Q", machine.uc.mem_read(R.lin(R.N_LOOKUPS), 8))[0]
+        lookups = struct.unpack("<Q", machine.uc.mem_read(R.phys(R.N_LOOKUPS), 8))[0]
         assert snap["lookups"] == lookups
         assert "CCFs translated" in out.getvalue()
     finally:

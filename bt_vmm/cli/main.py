@@ -82,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     # unknown option (`bt-vmm --bogus`); main() checks both, unknown options first.
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     r = sub.add_parser("run", help="boot a guest kernel")
-    r.add_argument("kernel", nargs="?", help="multiboot kernel image (default: the bundled guest)")
+    r.add_argument("kernel", nargs="?",
+                   help="kernel image: Multiboot (ELF or a.out kludge) or a Linux bzImage "
+                        "(default: the bundled guest)")
+    r.add_argument("--kernel", dest="kernel_opt", metavar="KERNEL",
+                   help="the same as the KERNEL argument (QEMU's spelling)")
+    r.add_argument("--initrd", metavar="FILE", help="initial ramdisk for a Linux bzImage")
     r.add_argument("--guest", default=None, help="boot a bundled guest by name (default: demo)")
     r.add_argument("--append", default="", help="kernel command line")
     r.add_argument("--module", action="append", default=[], metavar="'PATH [ARGS]'",
@@ -163,6 +168,10 @@ def _guests() -> int:
 
 def _read_kernel(args) -> tuple[str, bytes]:
     from bt_vmm.guests.registry import guest_path
+    if args.kernel_opt is not None:
+        if args.kernel is not None:
+            raise BadInput("give the kernel once: either KERNEL or --kernel")
+        args.kernel = args.kernel_opt
     if args.kernel and args.guest:
         raise BadInput("give either a KERNEL file or --guest, not both")
     if args.kernel:
@@ -207,7 +216,7 @@ def _read_module(spec: str):
 def _run(args) -> int:
     from bt_vmm.engines.bt import BTEngine, EngineOptions
     from bt_vmm.hosted.console import check_writable, open_serial_sink
-    from bt_vmm.loaders import load_multiboot
+    from bt_vmm.loaders import Module, load_kernel
     from bt_vmm.hosted.disk import open_disk
     from bt_vmm.machine.pc import MAX_DISKS, Machine
     from bt_vmm import stats as stats_mod
@@ -218,7 +227,8 @@ def _run(args) -> int:
         args.kernel, args.stats = args.stats, "table"
     path, data = _read_kernel(args)
     modules = [_read_module(spec) for spec in args.module]
-    boot = load_multiboot(path, data, args.mem, args.append, modules)
+    initrd = None if args.initrd is None else Module(args.initrd, _read_file(args.initrd, "initrd"), "")
+    boot = load_kernel(path, data, args.mem, args.append, modules, initrd)
     sink = open_serial_sink(args.serial)
     panel = None
     if args.stats == "live":

@@ -34,9 +34,9 @@ from unicorn import x86_const as X
 from bt_vmm.engines.stop_points import StopPoints
 from bt_vmm.errors import (EXIT_INSN_LIMIT, EXIT_MONITOR, EXIT_TIMEOUT, EXIT_TRIPLE_FAULT,
                            BtVmmError, GuestExit, Unsupported)
-from bt_vmm.machine.layout import MON_BASE
 from bt_vmm.machine.memory import GuestFault
 from bt_vmm.machine.pc import Machine
+from bt_vmm.shadow_mmu.mmu import ERR_ID, RegionWanted
 from bt_vmm.tcache import region as R
 from bt_vmm.tcache.cache import CCF, TCache
 from bt_vmm.translator import Callout, Translator
@@ -131,10 +131,12 @@ class BTEngine:
         self.vcpu = machine.vcpu
         self.mmu = machine.mmu
         self.traces = machine.traces
+        self.placement = machine.placement
         self.tcache = TCache(
-            uc, lambda lookup: Translator(lookup, options.count, options.max_insns is not None),
+            uc, lambda lookup, base: Translator(lookup, options.count, options.max_insns is not None,
+                                                mon_base=base),
             machine.mem.fetch, machine.traces, lambda linear: machine.mmu.translate(linear),
-            options.tc_size, recorder=options.recorder)
+            options.tc_size, recorder=options.recorder, placement=machine.placement)
         machine.mmu.on_remap = self.tcache.remapped
         self.emu = Emulator(machine.vcpu, machine.bus)
         self.emu.tc_to_guest = self._tc_to_guest     # the x87 IP that fnstenv/fxsave store
@@ -154,12 +156,13 @@ class BTEngine:
         self._exit_eip_after_halt = 0
         # Code below the monitor region runs as is (user code; the kernel under
         # trap-and-emulate): stop points stop it for a preemption request.
-        self.stop_points = StopPoints(uc, 0, MON_BASE - 1)
+        self.stop_points = StopPoints(uc, self.placement.guest_ranges())
+        self._guest_hooks: list[tuple[int, object, list[int]]] = []   # (kind, callback, handles)
         self._set_preempt(False)
         self.watchdog = Watchdog(lambda: self._set_preempt(True))
         machine.on_host_input = self.watchdog.wake
         if options.max_insns is not None:
-            uc.mem_write(R.lin(R.BUDGET), struct.pack("<i", min(options.max_insns, 0x7FFFFFFF)))
+            uc.mem_write(R.phys(R.BUDGET), struct.pack("<i", min(options.max_insns, 0x7FFFFFFF)))
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_INSN, self._on_user_in, None, 1, 0, X.UC_X86_INS_IN)
@@ -169,11 +172,11 @@ class BTEngine:
             # Blocks below the monitor region are directly executed user code
             # (kernel code only ever runs from the TC): count their instructions.
             self._block_insns: dict[tuple[int, int], int] = {}
-            uc.hook_add(UC_HOOK_BLOCK, self._on_user_block, begin=0, end=MON_BASE - 1)
+            self._add_guest_hook(UC_HOOK_BLOCK, self._on_user_block)
         if options.check:
             # Guest kernel code must only ever run as CCFs: an instruction
             # fetched below the monitor region at CPL0 ran untranslated.
-            uc.hook_add(UC_HOOK_CODE, self._on_untranslated, begin=0, end=MON_BASE - 1)
+            self._add_guest_hook(UC_HOOK_CODE, self._on_untranslated)
 
     # --- the run loop -------------------------------------------------------------
     def run(self, entry: int) -> RunResult:
@@ -198,7 +201,7 @@ class BTEngine:
                     raise self._error
                 if self._stop is not None:
                     status, reason = self._stop
-                    return self._result(start, status, reason, dump=status == EXIT_TRIPLE_FAULT)
+                    return self._result(start, status, reason, dump=status in (EXIT_TRIPLE_FAULT, EXIT_MONITOR))
                 if self._pending_fault is not None:
                     self._deliver_pending_fault()
                 elif self._halted:
@@ -207,7 +210,7 @@ class BTEngine:
                     self._asynchronous_stop()
                 if self._stop is not None:
                     status, reason = self._stop
-                    return self._result(start, status, reason, dump=status == EXIT_TRIPLE_FAULT)
+                    return self._result(start, status, reason, dump=status in (EXIT_TRIPLE_FAULT, EXIT_MONITOR))
                 eip = self.regs.read(X.UC_X86_REG_EIP)
                 if not self.user_mode and not self._kernel_eip_valid(eip):
                     return self._result(start, EXIT_MONITOR,
@@ -260,6 +263,48 @@ class BTEngine:
             self._stop = (status, reason)
         self.m.uc.emu_stop()
 
+    # --- the monitor region's placement ---------------------------------------
+    def _add_guest_hook(self, kind: int, callback) -> None:
+        """A unicorn hook over guest code and data: every linear address but
+        the monitor region's, wherever the region is."""
+        handles = [self.m.uc.hook_add(kind, callback, begin=lo, end=hi)
+                   for lo, hi in self.placement.guest_ranges()]
+        self._guest_hooks.append((kind, callback, handles))
+
+    def _move_monitor(self) -> None:
+        """The guest wants the region's linear range: move the region to one
+        it does not use (shadow_mmu.free_monitor_pde). Everything that knows
+        the region's linear address follows: the TC is rebuilt (a flush), the
+        shadows map the region at its new place, the monitor's GS and GDTR
+        bases and the hooks' ranges move. The caller resumes the guest at the
+        instruction that wanted the range."""
+        old = self.placement.pde
+        self.placement.base = self.mmu.free_monitor_pde() << 22
+        self.exits["monitor-moved"] += 1
+        self.tcache.rebase()
+        self.mmu.move_monitor(old)
+        self.m.place_monitor_tables()
+        self._reload_monitor_gs()
+        ranges = self.placement.guest_ranges()
+        self.stop_points.move(ranges)
+        for i, (kind, callback, handles) in enumerate(self._guest_hooks):
+            for h in handles:
+                self.m.uc.hook_del(h)
+            self._guest_hooks[i] = (kind, callback, [self.m.uc.hook_add(kind, callback, begin=lo, end=hi)
+                                                     for lo, hi in ranges])
+        self.m.uc.ctl_flush_tb()             # hooks are compiled into unicorn's blocks
+
+    def _reload_monitor_gs(self) -> None:
+        """The TC reaches monitor data through GS: reload its base. The
+        descriptor read goes to the shadow GDT, a user page under SMAP in the
+        kernel view: allowed with AC set."""
+        if self.user_mode:
+            return                           # loaded on the way back to the TC
+        eflags = self.regs.read(X.UC_X86_REG_EFLAGS)
+        self.regs.write(X.UC_X86_REG_EFLAGS, eflags | AC)
+        self.regs.write(X.UC_X86_REG_GS, R.MON_GS_SEL_VALUE)
+        self.regs.write(X.UC_X86_REG_EFLAGS, eflags)
+
     # --- what differs between engines: where guest kernel code runs ------------
     def _kernel_eip(self, pc: int) -> int:
         """Where unicorn runs guest kernel code at guest PC `pc`: its CCF in the
@@ -267,7 +312,7 @@ class BTEngine:
         return self.tcache.get(pc).body
 
     def _kernel_eip_valid(self, eip: int) -> bool:
-        return R.lin(R.TC_BASE) <= eip < R.lin(R.TC_END)
+        return self.placement.lin(R.TC_BASE) <= eip < self.placement.lin(R.TC_END)
 
     def _kernel_segments(self) -> None:
         """Unicorn's privilege level and segments for guest kernel code: CPL0 on
@@ -291,7 +336,7 @@ class BTEngine:
         monitor page, where the TC's sti/popf sequences look."""
         self.m.tick(time.monotonic())
         pending = self.m.interrupt_pending()
-        self.m.uc.mem_write(R.lin(R.PENDING), struct.pack("<I", int(pending)))
+        self.m.uc.mem_write(R.phys(R.PENDING), struct.pack("<I", int(pending)))
         return pending
 
     def _interrupt_deliverable(self) -> bool:
@@ -548,7 +593,7 @@ class BTEngine:
                 self.regs.write(X.UC_X86_REG_EIP, ccf.body)
         elif kind == "lookup-miss":
             self.exits["lookup-miss"] += 1
-            guest_ecx, target = struct.unpack("<II", self.m.uc.mem_read(R.lin(R.S_ECX), 8))
+            guest_ecx, target = struct.unpack("<II", self.m.uc.mem_read(R.phys(R.S_ECX), 8))
             eflags = self.regs.read(X.UC_X86_REG_EFLAGS)
             self.regs.write_many((X.UC_X86_REG_ECX, X.UC_X86_REG_EFLAGS),
                                  (guest_ecx, eflags & ~AC))
@@ -586,7 +631,7 @@ class BTEngine:
             return
         # In the lookup routine: the guest's ECX is in S_ECX, the target in
         # S_TARGET, and AC is set.
-        guest_ecx, target = struct.unpack("<II", self.m.uc.mem_read(R.lin(R.S_ECX), 8))
+        guest_ecx, target = struct.unpack("<II", self.m.uc.mem_read(R.phys(R.S_ECX), 8))
 
         def restore(frame: Frame) -> None:
             frame.r[1] = guest_ecx
@@ -653,12 +698,19 @@ class BTEngine:
         err = self.faults.error_code_and_reset() if vector != 6 else 0
         if vector == 14:
             cr2 = self.regs.read(X.UC_X86_REG_CR2)
+            if err & ERR_ID:
+                # The kernel view is execute-disable outside the TC (shadow_mmu):
+                # an instruction fetch there is kernel code run untranslated.
+                self.check_violations += 1
+                raise Unsupported(f"check failed: guest instruction at {cr2:#x} ran outside the TC")
             try:
                 self.mmu.page_fault(cr2, err, user=False)
                 self.exits["hidden-fault"] += 1
                 return                       # hidden: the instruction runs again
             except GuestFault as f:
                 fault = f
+            except RegionWanted:
+                fault = None                 # the region moves; the instruction runs again
         else:
             fault = GuestFault(vector, err if vector in ERROR_CODE_VECTORS else None)
         frame = Frame(self.regs)
@@ -669,9 +721,9 @@ class BTEngine:
         guest_eip, fixup = self._guest_pc(ccf, tc_eip)
         self._exit_eip = guest_eip
         if fixup == "ecx":
-            frame.r[1] = struct.unpack("<I", self.m.uc.mem_read(R.lin(R.S_ECX), 4))[0]
+            frame.r[1] = struct.unpack("<I", self.m.uc.mem_read(R.phys(R.S_ECX), 4))[0]
         elif fixup == "eax":
-            frame.r[0] = struct.unpack("<I", self.m.uc.mem_read(R.lin(R.S_EAX), 4))[0]
+            frame.r[0] = struct.unpack("<I", self.m.uc.mem_read(R.phys(R.S_EAX), 4))[0]
         elif fixup == "gs":
             # Reloading GS reads the shadow GDT, an SMAP-protected user page: with
             # AC clear (as in a faulting guest instruction) that read faults inside
@@ -679,6 +731,11 @@ class BTEngine:
             self.regs.write(X.UC_X86_REG_EFLAGS, frame.eflags | AC)
             self.regs.write(X.UC_X86_REG_GS, R.MON_GS_SEL_VALUE)
         frame.eflags &= ~AC
+        if fault is None:
+            self._move_monitor()
+            frame.eip = self._kernel_eip(guest_eip)
+            frame.commit()
+            return
         if vector == 1:
             raise Unsupported(f"single-step trap (EFLAGS.TF) at {guest_eip:#x} is not virtualized yet")
         self._deliver(frame, fault, guest_eip)
@@ -704,6 +761,9 @@ class BTEngine:
                 return
             except GuestFault as f:
                 fault = f
+            except RegionWanted:
+                self._move_monitor()         # the instruction runs again
+                return
         else:
             fault = GuestFault(vector, err if vector in ERROR_CODE_VECTORS else None)
         self._deliver(frame, fault, eip)

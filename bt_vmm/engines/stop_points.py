@@ -45,11 +45,12 @@ def _native_callback(emu_stop: int) -> tuple[mmap.mmap, int]:
 
 
 class StopPoints:
-    """A block hook over guest linear addresses [begin, end] that stops
+    """A block hook over guest linear ranges [begin, end] that stops
     emulation at the next block start once `request()` was called (from any
     thread). The monitor calls `clear()` when it has handled the stop."""
 
-    def __init__(self, uc, begin: int, end: int) -> None:
+    def __init__(self, uc, ranges: list[tuple[int, int]]) -> None:
+        self._uc = uc
         self.flag = ctypes.c_int32(0)
         self._keep: object
         if platform.machine().lower() in ("x86_64", "amd64"):
@@ -63,12 +64,24 @@ class StopPoints:
                     uclib.uc_emu_stop(uch)
             self._keep = _HOOK_CB(check)
             callback = ctypes.cast(self._keep, ctypes.c_void_p)
-        self._hook = uc_hook_h()
-        err = uclib.uc_hook_add(uc._uch, ctypes.byref(self._hook), UC_HOOK_BLOCK, callback,
-                                ctypes.c_void_p(ctypes.addressof(self.flag)),
-                                ctypes.c_uint64(begin), ctypes.c_uint64(end))
-        if err:
-            raise RuntimeError(f"uc_hook_add (stop points) failed: {err}")
+        self._callback = callback
+        self._hooks: list[uc_hook_h] = []
+        self.move(ranges)
+
+    def move(self, ranges: list[tuple[int, int]]) -> None:
+        """Cover these ranges instead (the monitor region moved); unicorn's
+        compiled blocks must be flushed for the change to take effect."""
+        for hook in self._hooks:
+            uclib.uc_hook_del(self._uc._uch, hook)
+        self._hooks = []
+        for begin, end in ranges:
+            hook = uc_hook_h()
+            err = uclib.uc_hook_add(self._uc._uch, ctypes.byref(hook), UC_HOOK_BLOCK, self._callback,
+                                    ctypes.c_void_p(ctypes.addressof(self.flag)),
+                                    ctypes.c_uint64(begin), ctypes.c_uint64(end))
+            if err:
+                raise RuntimeError(f"uc_hook_add (stop points) failed: {err}")
+            self._hooks.append(hook)
 
     def request(self) -> None:
         self.flag.value = 1

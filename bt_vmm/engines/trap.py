@@ -33,9 +33,9 @@ from bt_vmm.decoder.classify import Kind, classify
 from bt_vmm.decoder.tu import Insn, _md
 from bt_vmm.engines.bt import BTEngine, EngineOptions
 from bt_vmm.errors import Unsupported
-from bt_vmm.machine.layout import MON_BASE
 from bt_vmm.machine.memory import GuestFault
 from bt_vmm.machine.pc import Machine
+from bt_vmm.shadow_mmu.mmu import RegionWanted
 from bt_vmm.vcpu import cpuid as cpuid_mod
 from bt_vmm.vcpu.emulate import HALT
 from bt_vmm.vcpu.frame import Frame
@@ -63,7 +63,7 @@ class TrapEngine(BTEngine):
         if options.check:
             raise Unsupported("--check proves that kernel code runs from the TC: it applies to --engine bt")
         machine.vcpu.ring_compression = True
-        machine.mmu.gdt_for_ring1()
+        machine.mmu.run_kernel_natively()
         super().__init__(machine, options)
         uc = machine.uc
         self.emulated: Counter[str] = Counter()
@@ -72,7 +72,7 @@ class TrapEngine(BTEngine):
         self._audit_cache: dict[int, str | None] = {}
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         if audit:
-            uc.hook_add(UC_HOOK_CODE, self._on_audit, begin=0, end=MON_BASE - 1)
+            self._add_guest_hook(UC_HOOK_CODE, self._on_audit)
         # The descriptors the guest's segments hold now, as ring 1 sees them.
         v = machine.vcpu
         for seg in v.segs.values():
@@ -86,6 +86,9 @@ class TrapEngine(BTEngine):
 
     def _kernel_eip_valid(self, eip: int) -> bool:
         return True
+
+    def _reload_monitor_gs(self) -> None:
+        """Guest kernel code runs on the guest's own GS here."""
 
     def _kernel_segments(self) -> None:
         v, regs = self.vcpu, self.regs
@@ -174,6 +177,9 @@ class TrapEngine(BTEngine):
                 return
             except GuestFault as f:
                 self._deliver(frame, f, eip)
+                return
+            except RegionWanted:
+                self._move_monitor()         # the instruction runs again, as is
                 return
         if vector in TRAP_VECTORS:
             insn = self._decode(eip)

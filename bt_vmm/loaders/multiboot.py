@@ -23,7 +23,8 @@ from typing import Optional, Sequence
 
 from bt_vmm.errors import BadInput
 from bt_vmm.loaders.elf import is_elf, parse_elf32, printable_name
-from bt_vmm.machine.layout import MAX_GUEST_MEM, MIN_GUEST_MEM, MON_BASE, PAGE_SIZE
+from bt_vmm.machine.layout import (HIGH_MEM, HOLE_HI, HOLE_LO, LOW_FLOOR, LOW_TOP, MAX_GUEST_MEM,
+                                   MIN_GUEST_MEM, MON_BASE, PAGE_SIZE, memory_map)
 
 # Section 3.1.1: header magic, and the value the loader leaves in EAX (3.2).
 HEADER_MAGIC = 0x1BADB002
@@ -63,8 +64,6 @@ MBI_OFF_MMAP_ADDR = 48
 MBI_OFF_LOADER_NAME = 64
 MOD_ENTRY_SIZE = 16        # mod_start, mod_end, string, reserved
 MMAP_ENTRY_SIZE = 20       # the "size" field's value: base u64, length u64, type u32
-MMAP_AVAILABLE = 1
-MMAP_RESERVED = 2
 
 LOADER_NAME = "bt_vmm"
 MAX_CMDLINE = 4096         # bytes, per string; anything longer is a mistake
@@ -72,12 +71,7 @@ MAX_CMDLINE = 4096         # bytes, per string; anything longer is a mistake
 # The physical memory plan (see the module docstring).
 KiB = 1 << 10
 MiB = 1 << 20
-LOW_FLOOR = 0x1000
 INFO_BASE = 0x9000
-LOW_TOP = 0x9FC00          # 639 KiB: conventional memory ends at the EBDA
-HOLE_LO, HOLE_HI = 0xA0000, 0x100000
-BIOS_ROM = 0xF0000
-HIGH_MEM = 0x100000
 ADDR_LIMIT = 1 << 32
 
 
@@ -92,14 +86,21 @@ class Module:
 
 @dataclass
 class BootImage:
-    """Everything the machine must apply to start a multiboot kernel (3.2)."""
+    """Everything the machine must apply to start a kernel: RAM contents and
+    the entry state a boot protocol promises (Multiboot 3.2, Linux's 32-bit
+    boot protocol). Always protected mode, paging and interrupts off, flat
+    code and data segments."""
 
     entry: int                        # physical entry EIP
-    eax: int                          # 0x2BADB002
-    ebx: int                          # physical address of the multiboot info (MBI)
+    eax: int                          # Multiboot: 0x2BADB002
+    ebx: int                          # Multiboot: physical address of the multiboot info (MBI)
     chunks: list[tuple[int, bytes]]   # (guest-physical address, bytes); the rest of RAM is zero
     kernel_range: tuple[int, int]     # [lo, hi) the kernel image occupies incl. bss
     description: str                  # e.g. "multiboot ELF, entry 0x100010, 3 segments"
+    esi: int = 0                      # Linux: physical address of boot_params
+    gdt: tuple[int, int] = (0, 0)     # the guest's GDTR (base, limit); Multiboot leaves it undefined
+    code_sel: int = 0x08              # the selectors of the flat segments at entry
+    data_sel: int = 0x10
 
 
 @dataclass(frozen=True)
@@ -313,18 +314,6 @@ def _c_string(label: str, what: str, text: str) -> bytes:
     return raw + b"\0"
 
 
-def _mmap_entries(mem_size: int) -> list[tuple[int, int, int]]:
-    """The BIOS-style memory map (3.3 mmap_*): base, length, type."""
-    entries = [
-        (0, LOW_TOP, MMAP_AVAILABLE),
-        (LOW_TOP, HOLE_LO - LOW_TOP, MMAP_RESERVED),
-        (BIOS_ROM, HIGH_MEM - BIOS_ROM, MMAP_RESERVED),
-    ]
-    if mem_size > HIGH_MEM:
-        entries.append((HIGH_MEM, mem_size - HIGH_MEM, MMAP_AVAILABLE))
-    return entries
-
-
 def _align4(n: int) -> int:
     return (n + 3) & ~3
 
@@ -336,7 +325,7 @@ def _build_info(base: int, mem_size: int, cmdline: bytes,
     mods holds (mod_start, mod_end, NUL-terminated string). The size of the
     result does not depend on base, so callers can size it with base=0.
     """
-    mmap = b"".join(struct.pack("<IQQI", MMAP_ENTRY_SIZE, b, n, t) for b, n, t in _mmap_entries(mem_size))
+    mmap = b"".join(struct.pack("<IQQI", MMAP_ENTRY_SIZE, b, n, t) for b, n, t in memory_map(mem_size))
     mmap_addr = base + MBI_SIZE                      # points at the first "size" field (3.3)
     mods_addr = mmap_addr + len(mmap)
     strings_addr = mods_addr + MOD_ENTRY_SIZE * len(mods)

@@ -6,6 +6,9 @@ read it first to see the whole platform.
 
     guest-physical 0 .. mem_size        RAM (host memory, mapped into unicorn by pointer)
       0xE0000 / 0xF0000                 ACPI and MP tables (written into RAM at boot)
+    0xCFFFF000                          open bus: where shadows map guest-physical
+                                        addresses with nothing behind them (MMIO:
+                                        reads give all ones, writes vanish, both counted)
     0xD0000000 ..                       shadow page-table pool (unicorn-physical only)
     0xFEC00000                          IOAPIC (MMIO)
     0xFEE00000                          local APIC (MMIO)
@@ -34,6 +37,7 @@ import ctypes
 import mmap
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -60,7 +64,7 @@ from bt_vmm.hosted.console import ConsoleInput, SerialSink
 from bt_vmm.hosted.disk import DiskImage
 from bt_vmm.loaders import BootImage
 from bt_vmm.machine import firmware
-from bt_vmm.machine.layout import MON_BASE, MON_SIZE
+from bt_vmm.machine.layout import MON_BASE, MON_SIZE, OPEN_BUS, PAGE_SIZE
 from bt_vmm.machine.memory import GuestMemory
 from bt_vmm.shadow_mmu.mmu import ShadowMMU
 from bt_vmm.shadow_mmu.traces import PageTraces
@@ -68,7 +72,7 @@ from bt_vmm.tcache import region as R
 from bt_vmm.vcpu import cpuid
 from bt_vmm.vcpu.descriptors import FLAT_CODE, Descriptor
 from bt_vmm.vcpu.regs import Regs
-from bt_vmm.vcpu.state import CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PSE, CR4_SMAP, VCpu
+from bt_vmm.vcpu.state import CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMAP, VCpu
 
 COM1 = 0x3F8
 ACPI_PM_BASE = 0x600
@@ -119,7 +123,11 @@ class Machine:
         self.mem = GuestMemory(uc, self.ram)
         self.traces = PageTraces(uc, self.mem.write_raw)
         self.mmio_ranges = [(lapic_mod.BASE, 0x1000), (ioapic_mod.BASE, 0x1000)]
-        self.mmu = ShadowMMU(uc, self.ram, mem_size, self.traces, mmio=self.mmio_ranges)
+        self.unclaimed_memory: Counter[str] = Counter()     # open-bus reads and writes
+        uc.mmio_map(OPEN_BUS, PAGE_SIZE, self._open_bus_read, None, self._open_bus_write, None)
+        self.placement = R.Placement()      # where the monitor region is, linearly
+        self.mmu = ShadowMMU(uc, self.ram, mem_size, self.traces, mmio=self.mmio_ranges,
+                             open_bus=OPEN_BUS, placement=self.placement)
         self.mem.on_write = self.traces.notify
         self.mem.translate = lambda linear, write: self.mmu.translate(linear, write)
         self.vcpu = VCpu(uc, self.regs, self.mem)
@@ -183,6 +191,14 @@ class Machine:
             dev.mmio_write(offset, size, value)
         return write
 
+    def _open_bus_read(self, uc, offset: int, size: int, _ud) -> int:
+        # A PC's bus returns all ones where no memory or device answers.
+        self.unclaimed_memory["reads"] += 1
+        return (1 << (8 * size)) - 1
+
+    def _open_bus_write(self, uc, offset: int, size: int, value: int, _ud) -> None:
+        self.unclaimed_memory["writes"] += 1
+
     def _isa_line(self, irq: int):
         gsi = 2 if irq == 0 else irq
 
@@ -243,6 +259,14 @@ class Machine:
         self.mmu.configure(paging=bool(v.cr0 & CR0_PG), cr3=v.cr3, wp=bool(v.cr0 & CR0_WP),
                            pse=bool(v.cr4 & CR4_PSE))
 
+    def place_monitor_tables(self) -> None:
+        """Point the monitor's GS descriptor and unicorn's GDTR at the region's
+        current placement (at boot, and each time the region moves)."""
+        base = self.placement.base
+        self.uc.mem_write(R.phys(R.SHADOW_GDT) + 8 * R.MON_GS_INDEX,
+                          Descriptor(base, MON_SIZE - 1, 0x93, 0x4).pack())
+        self.uc.reg_write(X.UC_X86_REG_GDTR, (0, base + R.SHADOW_GDT, R.SHADOW_GDT_SIZE - 1, 0))
+
     # --- boot ---------------------------------------------------------------------
     def load(self, boot: BootImage) -> None:
         """Put the image and the firmware tables in RAM and the CPU in the state
@@ -257,19 +281,17 @@ class Machine:
             self.ram[addr:addr + len(data)] = data
         uc, regs = self.uc, self.regs
         # The monitor's descriptors at the top of the shadow GDT.
-        gdt = R.lin(R.SHADOW_GDT)
-        uc.mem_write(gdt + 8 * R.MON_CS_INDEX, FLAT_CODE.pack())
-        uc.mem_write(gdt + 8 * R.MON_GS_INDEX, Descriptor(MON_BASE, MON_SIZE - 1, 0x93, 0x4).pack())
-        uc.mem_write(R.lin(R.MON_GS_SEL), R.MON_GS_SEL_VALUE.to_bytes(4, "little"))
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt, R.SHADOW_GDT_SIZE - 1, 0))
+        uc.mem_write(R.phys(R.SHADOW_GDT) + 8 * R.MON_CS_INDEX, FLAT_CODE.pack())
+        uc.mem_write(R.phys(R.MON_GS_SEL), R.MON_GS_SEL_VALUE.to_bytes(4, "little"))
+        self.place_monitor_tables()
         # Segments are loaded before paging is turned on: unicorn reads the GDT
         # through the current translation when a segment register is written.
         regs.write(X.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_NE)
         regs.write(X.UC_X86_REG_CS, R.MON_CS_SEL)
         regs.write(X.UC_X86_REG_GS, R.MON_GS_SEL_VALUE)
-        self.vcpu.reset_multiboot()
+        self.vcpu.reset_boot(boot.code_sel, boot.data_sel, boot.gdt)
         self._paging_changed()                       # the identity shadow
-        regs.write(X.UC_X86_REG_CR4, CR4_PSE | CR4_SMAP)
+        regs.write(X.UC_X86_REG_CR4, CR4_PAE | CR4_SMAP)      # the shadows are PAE (shadow_mmu)
         # CR0.NE as the guest has it (clear at boot): with NE set, unicorn would
         # raise #MF for x87 errors the guest expects reported the legacy way
         # (found by selfcheck).
@@ -277,4 +299,5 @@ class Machine:
         regs.write(X.UC_X86_REG_EFLAGS, 0x2)
         regs.write(X.UC_X86_REG_EAX, boot.eax)
         regs.write(X.UC_X86_REG_EBX, boot.ebx)
+        regs.write(X.UC_X86_REG_ESI, boot.esi)
         self.vcpu.set_vflags(0)

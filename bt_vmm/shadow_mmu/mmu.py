@@ -20,8 +20,19 @@ holding guest page directories and tables are traced, so a guest PTE write
 drops the shadow entries it makes stale. Accessed and dirty bits are set in
 the guest's entries as the CPU would: A when an entry is first used, D on the
 first write, which a read-only shadow entry catches (SDM 4.8).
-"""
 
+The shadows are in PAE format with execute-disable, whatever the guest uses
+(it has two-level 32-bit paging): a guest page-directory entry becomes two
+2 MiB shadow directory entries, a guest page table two shadow tables of 512
+entries. The reason is unicorn's store path: a store to a page that the TLB
+holds as executable always takes the slow path (a page lookup and a check
+for translated code, ~150 ns), a store to a non-executable page the fast one
+(a few ns). Under binary translation guest kernel code only ever runs from
+the TC, so the kernel view marks all of guest memory execute-disable; code
+that runs as is (user code, and the kernel under trap-and-emulate) gets
+execute permission page by page, at its first instruction fetch there (a
+hidden fault with the I/D bit set).
+"""
 from __future__ import annotations
 
 import ctypes
@@ -40,39 +51,64 @@ from bt_vmm.machine.memory import GuestFault
 from bt_vmm.shadow_mmu.traces import PageTraces
 from bt_vmm.tcache import region as R
 
+# Entry bits: the guest's 32-bit ones, and the same low bits in the 64-bit
+# PAE entries of the shadows, plus execute-disable (SDM vol. 3, 4.4).
 P, RW, US, PWT, PCD, A, D, PS, G = 1, 2, 4, 8, 16, 32, 64, 128, 256
-ERR_P, ERR_W, ERR_U = 1, 2, 4
+NX = 1 << 63
+ERR_P, ERR_W, ERR_U, ERR_ID = 1, 2, 4, 16
+EFER_NXE = 1 << 11
+MSR_EFER = 0xC0000080
 POOL_BASE = 0xD0000000          # unicorn-physical, never mapped linearly
 POOL_PAGES = 4096               # 16 MiB of shadow page tables
-MON_PDE = MON_BASE >> 22
 MAX_SPACES = 64
 BIG = 0x400000
+HALF = 512                      # entries in a PAE table: a guest table is two of them
+
+
+class RegionWanted(Exception):
+    """The guest accessed the monitor region's linear range, which its own
+    page tables (or, with paging off, the physical address space) give a
+    meaning: the monitor must move out of the way (engines/bt.py)."""
 
 
 @dataclass(eq=False)
 class ShadowPT:
-    phys: int
+    """The shadow of one guest page table (or 4 MiB page): two PAE tables."""
+    lo: int
+    hi: int
     key: tuple
     gpt: int | None                       # guest page-table page it shadows (None: a split 4 MiB page)
     users: set = field(default_factory=set)   # {(space, pde index)}
 
 
 @dataclass(eq=False)
+class View:
+    """One shadow address-space root: a page-directory-pointer table (32
+    bytes in a root page) and its four page directories."""
+    pdpt: int
+    pds: tuple[int, int, int, int]
+
+
+@dataclass(eq=False)
 class Space:
     cr3: int                              # guest page directory (physical), or -1 for paging off
-    kpd: int
-    upd: int
+    root: int                             # the page holding both views' PDPTs
+    kview: View
+    uview: View
     pts: dict[int, ShadowPT] = field(default_factory=dict)
 
 
 class ShadowMMU:
     def __init__(self, uc: Uc, ram, ram_size: int, traces: PageTraces,
-                 mmio: list[tuple[int, int]]) -> None:
+                 mmio: list[tuple[int, int]], open_bus: int,
+                 placement: R.Placement | None = None) -> None:
         self._uc = uc
+        self.placement = placement or R.Placement()
         self._ram = ram                   # guest RAM (host mapping)
         self.ram_size = ram_size
         self._traces = traces
         self._mmio = mmio                 # [(base, size)] physical ranges that are devices
+        self._open_bus = open_bus         # where frames with nothing behind them are mapped
         self._pool = mmap.mmap(-1, POOL_PAGES * PAGE_SIZE)
         uc.mem_map_ptr(POOL_BASE, POOL_PAGES * PAGE_SIZE, UC_PROT_ALL,
                        ctypes.addressof(ctypes.c_char.from_buffer(self._pool)))
@@ -82,6 +118,9 @@ class ShadowMMU:
         self.by_gpt: dict[int, ShadowPT] = {}
         self.by_gpd: dict[int, Space] = {}
         self.stats: Counter[str] = Counter()
+        # Under binary translation the guest kernel never executes guest pages
+        # (the TC does): its view is execute-disable at the directory level.
+        self._kernel_nx = NX
         self._monitor_kpde = self._monitor_pt({R.PREEMPT_BOUNDS})
         # Told about every linear range whose mapping changed (the TC keys
         # translations by linear address).
@@ -91,6 +130,7 @@ class ShadowMMU:
         self.pse = False
         self.user = False                 # which view is live
         self.cr3 = 0
+        uc.reg_write(X.UC_X86_REG_MSR, (MSR_EFER, EFER_NXE))
         self.space = self._flat_space()
 
     # --- pool ---------------------------------------------------------------------
@@ -105,11 +145,28 @@ class ShadowMMU:
         self._pool[off:off + PAGE_SIZE] = bytes(PAGE_SIZE)
         return page
 
-    def _set(self, table: int, index: int, value: int) -> None:
-        struct.pack_into("<I", self._pool, table - POOL_BASE + 4 * index, value)
+    def _put(self, addr: int, value: int) -> None:
+        struct.pack_into("<Q", self._pool, addr - POOL_BASE, value)
 
-    def _get(self, table: int, index: int) -> int:
-        return struct.unpack_from("<I", self._pool, table - POOL_BASE + 4 * index)[0]
+    def _peek(self, addr: int) -> int:
+        return struct.unpack_from("<Q", self._pool, addr - POOL_BASE)[0]
+
+    def _set(self, pt: ShadowPT, slot: int, value: int) -> None:
+        """Entry `slot` (0..1023, the guest's PTE index) of a shadow table."""
+        self._put((pt.lo if slot < HALF else pt.hi) + 8 * (slot % HALF), value)
+
+    def _get(self, pt: ShadowPT, slot: int) -> int:
+        return self._peek((pt.lo if slot < HALF else pt.hi) + 8 * (slot % HALF))
+
+    def _set_pde(self, view: View, index: int, lo: int, hi: int) -> None:
+        """The two 2 MiB shadow directory entries for guest PDE `index`."""
+        at = view.pds[index >> 8] + 16 * (index & 0xFF)
+        self._put(at, lo)
+        self._put(at + 8, hi)
+
+    def pde(self, view: View, index: int) -> tuple[int, int]:
+        at = view.pds[index >> 8] + 16 * (index & 0xFF)
+        return self._peek(at), self._peek(at + 8)
 
     def _flush_tlb(self) -> None:
         self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
@@ -134,7 +191,8 @@ class ShadowMMU:
             self._load()
 
     def _load(self) -> None:
-        self._uc.reg_write(X.UC_X86_REG_CR3, self.space.upd if self.user else self.space.kpd)
+        view = self.space.uview if self.user else self.space.kview
+        self._uc.reg_write(X.UC_X86_REG_CR3, view.pdpt)
 
     def reset(self) -> None:
         """Drop every shadow (CR4/CR0 paging-mode changes, pool exhaustion)."""
@@ -143,33 +201,79 @@ class ShadowMMU:
         self.stats["resets"] += 1
 
     # --- spaces -------------------------------------------------------------------
-    def _monitor_pt(self, supervisor_pages: set[int]) -> int:
-        """The kernel view's page-directory entry for the monitor region: a
-        user page under SMAP (out of the translated kernel's reach), except the
+    def _monitor_pt(self, supervisor_pages: set[int]) -> tuple[int, int]:
+        """The kernel view's directory entries for the monitor region: user
+        pages under SMAP (out of the translated kernel's reach), except the
         given pages, which are supervisor and read-only: the TC's preemption
         bounds, which the TC reads without toggling AC (and, for ring 1, the
-        shadow GDT)."""
-        pt = self._alloc()
+        shadow GDT). Only the TC is executable."""
+        lo, hi = self._alloc(), self._alloc()
         for i in range(1024):
-            flags = 0 if (i << 12) in supervisor_pages else RW | US
-            self._set(pt, i, (MON_BASE + (i << 12)) | P | flags)
-        return pt | P | RW | US
+            off = i << 12
+            flags = 0 if off in supervisor_pages else RW | US
+            self._put((lo if i < HALF else hi) + 8 * (i % HALF),
+                      (MON_BASE + off) | P | flags | (0 if off >= R.TC_BASE else NX))
+        return lo | P | RW | US, hi | P | RW | US
 
-    def gdt_for_ring1(self) -> None:
-        """The trap-and-emulate engine runs guest kernel code at ring 1, whose
-        own segment loads read the shadow GDT implicitly. SMAP would refuse
-        that, so the shadow GDT's pages join the supervisor read-only ones
-        (readable by the guest kernel: a weaker guarantee than the BT engine's)."""
+    def run_kernel_natively(self) -> None:
+        """The trap-and-emulate engine runs guest kernel code at ring 1, as is:
+        its view must let it execute guest pages (page by page, as for user
+        code), and its own segment loads read the shadow GDT implicitly. SMAP
+        would refuse that, so the shadow GDT's pages join the supervisor
+        read-only ones (readable by the guest kernel: a weaker guarantee than
+        the BT engine's)."""
+        self._kernel_nx = 0
         gdt = set(range(R.SHADOW_GDT, R.SHADOW_GDT + R.SHADOW_GDT_SIZE, PAGE_SIZE))
         self._monitor_kpde = self._monitor_pt({R.PREEMPT_BOUNDS} | gdt)
-        for space in self.spaces.values():
-            self._set(space.kpd, MON_PDE, self._monitor_kpde)
+        self.reset()
+        self.space = self._space_for(self.cr3) if self.paging else self._flat_space()
         self._load()
 
+    def _map_monitor(self, space: Space) -> None:
+        """The region's directory entries at its placement: the kernel view's
+        page table, and for the user view two supervisor-only 2 MiB pages."""
+        index = self.placement.pde
+        if index in space.pts:
+            self._unlink(space, index)
+        self._set_pde(space.kview, index, *self._monitor_kpde)
+        self._set_pde(space.uview, index, MON_BASE | P | RW | PS, (MON_BASE + BIG // 2) | P | RW | PS)
+
+    def move_monitor(self, old_pde: int) -> None:
+        """The placement changed: unmap the region from its old directory
+        entry in every shadow (the guest's own mapping there is filled on
+        demand from now on) and map it at the new one."""
+        for space in self.spaces.values():
+            self._set_pde(space.kview, old_pde, 0, 0)
+            self._set_pde(space.uview, old_pde, 0, 0)
+            self._map_monitor(space)
+        self._load()
+
+    def free_monitor_pde(self) -> int:
+        """A 4 MiB linear range for the region that no guest address space
+        this monitor knows maps, and that RAM and device pages (identity
+        mapped while paging is off) leave alone; the highest such, as guests
+        fill their address spaces from the bottom of each area."""
+        busy = [(0, self.ram_size)] + self._mmio
+        for index in range(1023, -1, -1):
+            lo, hi = index << 22, (index + 1) << 22
+            if index == self.placement.pde or any(b < hi and lo < b + s for b, s in busy):
+                continue
+            if any(self._rd(space.cr3 + 4 * index) & P for space in self.spaces.values()
+                   if space.cr3 >= 0):
+                continue
+            return index
+        raise Unsupported("no 4 MiB linear range is free for the monitor region")
+
+    def _new_view(self, root: int, offset: int) -> View:
+        view = View(root + offset, tuple(self._alloc() for _ in range(4)))
+        for i, pd in enumerate(view.pds):
+            self._put(view.pdpt + 8 * i, pd | P)
+        return view
+
     def _new_space(self, cr3: int) -> Space:
-        space = Space(cr3, self._alloc(), self._alloc())
-        self._set(space.kpd, MON_PDE, self._monitor_kpde)
-        self._set(space.upd, MON_PDE, MON_BASE | P | RW | PS)
+        root = self._alloc()
+        space = Space(cr3, root, self._new_view(root, 0), self._new_view(root, 32))
+        self._map_monitor(space)
         self.spaces[cr3] = space
         self.stats["spaces-built"] += 1
         return space
@@ -183,7 +287,7 @@ class ShadowMMU:
         for base, size in [(0, self.ram_size)] + self._mmio:
             for page in range(base, base + size, PAGE_SIZE):
                 pt = self._pt_for(space, page >> 22, ("flat", page >> 22), None, RW | US, RW | US)
-                self._set(pt.phys, (page >> 12) & 0x3FF, page | P | RW | US)
+                self._set(pt, (page >> 12) & 0x3FF, page | P | RW | US | NX)
         return space
 
     def _pool_reset(self) -> None:
@@ -203,7 +307,7 @@ class ShadowMMU:
             if len(self.spaces) >= MAX_SPACES:
                 victim = next(s for s in self.spaces.values() if s.cr3 not in (-1,))
                 self._drop_space(victim)
-            if len(self._free) < 2:          # not mid-way through _new_space
+            if len(self._free) < 9:          # not mid-way through _new_space
                 self.stats["pool-resets"] += 1
                 self.reset()
             space = self._new_space(cr3)
@@ -216,7 +320,7 @@ class ShadowMMU:
     def _drop_space(self, space: Space) -> None:
         for index in list(space.pts):
             self._unlink(space, index)
-        self._free += [space.kpd, space.upd]
+        self._free += [space.root, *space.kview.pds, *space.uview.pds]
         del self.spaces[space.cr3]
         if space.cr3 >= 0:
             del self.by_gpd[space.cr3]
@@ -232,7 +336,7 @@ class ShadowMMU:
             self._unlink(space, index)
         pt = self.pts.get(key)
         if pt is None:
-            pt = ShadowPT(self._alloc(), key, gpt)
+            pt = ShadowPT(self._alloc(), self._alloc(), key, gpt)
             self.pts[key] = pt
             if gpt is not None:
                 self.by_gpt[gpt] = pt
@@ -240,23 +344,24 @@ class ShadowMMU:
             self.stats["shadow-pts-built"] += 1
         pt.users.add((space, index))
         space.pts[index] = pt
-        self._set(space.kpd, index, pt.phys | P | (kflags & RW))
-        self._set(space.upd, index, pt.phys | P | (uflags & (RW | US)))
+        kf = P | (kflags & RW) | self._kernel_nx
+        uf = P | (uflags & (RW | US))
+        self._set_pde(space.kview, index, pt.lo | kf, pt.hi | kf)
+        self._set_pde(space.uview, index, pt.lo | uf, pt.hi | uf)
         return pt
 
     def _unlink(self, space: Space, index: int) -> None:
         pt = space.pts.pop(index)
-        self._set(space.kpd, index, 0)
-        self._set(space.upd, index, 0)
+        self._set_pde(space.kview, index, 0, 0)
+        self._set_pde(space.uview, index, 0, 0)
         pt.users.discard((space, index))
         if not pt.users:
             del self.pts[pt.key]
             if pt.gpt is not None:
                 del self.by_gpt[pt.gpt]
                 self._traces.untrace(pt.gpt, self)
-            self._free.append(pt.phys)
+            self._free += [pt.lo, pt.hi]
             self.stats["shadow-pts-dropped"] += 1
-
     # --- guest page walk ------------------------------------------------------------
     def _rd(self, phys: int) -> int:
         return struct.unpack_from("<I", self._ram, phys)[0]
@@ -313,20 +418,33 @@ class ShadowMMU:
     def page_fault(self, linear: int, err: int, user: bool) -> None:
         """A #PF in the shadow: fill it (hidden) or raise GuestFault (true)."""
         write = bool(err & ERR_W)
-        if linear >> 22 == MON_PDE:
-            if not user:
-                raise Unsupported(f"guest kernel code accessed the monitor region at {linear:#x}")
-            if self.paging and self._rd(self.cr3 + 4 * MON_PDE) & P:
-                raise Unsupported("the guest maps the monitor region's linear range (0xffc00000+)")
-            if not self.paging:
-                raise Unsupported(f"guest access to nonexistent physical memory at {linear:#x}")
+        fetch = bool(err & ERR_ID)
+        if fetch and not user and self._kernel_nx:
+            raise Unsupported(f"guest kernel code ran outside the TC at {linear:#x}")
+        if linear >> 22 == self.placement.pde:
+            if not self.paging or self._rd(self.cr3 + 4 * self.placement.pde) & P:
+                raise RegionWanted(linear)
             self.stats["true-faults"] += 1
             # The guest's directory has no entry there: not present (P=0), though
-            # the shadow's supervisor-only entry made unicorn report a protection
-            # fault (found by tests/test_hostile_guests.py).
-            raise GuestFault(14, (err & ERR_W) | ERR_U, cr2=linear)
+            # the shadow's entry made unicorn report a protection fault (found by
+            # tests/test_hostile_guests.py).
+            raise GuestFault(14, (err & ERR_W) | (ERR_U if user else 0), cr2=linear)
         if not self.paging:
-            raise Unsupported(f"guest access to nonexistent physical memory at {linear:#x}")
+            pt = self.space.pts.get(linear >> 22)
+            slot = (linear >> 12) & 0x3FF
+            if pt is not None and self._get(pt, slot) & P:
+                if not fetch:       # pragma: no cover - an identity entry cannot fault otherwise
+                    raise Unsupported(f"unexpected page fault at {linear:#x} with paging off")
+                self._set(pt, slot, self._get(pt, slot) & ~NX)     # code runs here as is
+                self.stats["exec-faults"] += 1
+                self._flush_tlb()
+                return
+            if fetch:
+                raise Unsupported(f"guest executes nonexistent physical memory at {linear:#x}")
+            pt = self._pt_for(self.space, linear >> 22, ("flat", linear >> 22), None, RW | US, RW | US)
+            self._set(pt, slot, self._open_bus | P | RW | US | NX)
+            self.stats["open-bus-maps"] += 1
+            return
         try:
             phys, pde_addr, pte_addr, flags = self.walk(linear, write, user)
         except GuestFault:
@@ -334,7 +452,11 @@ class ShadowMMU:
             raise
         frame = phys & ~0xFFF
         if frame >= self.ram_size and not any(b <= frame < b + s for b, s in self._mmio):
-            raise Unsupported(f"guest maps linear {linear:#x} to nonexistent physical memory {frame:#x}")
+            if fetch:
+                raise Unsupported(f"guest executes nonexistent physical memory at {frame:#x} "
+                                  f"(linear {linear:#x})")
+            frame = self._open_bus
+            self.stats["open-bus-maps"] += 1
         if not self._free:
             self._pool_reset()
         pde = self._rd(pde_addr)
@@ -350,11 +472,14 @@ class ShadowMMU:
         if flags & RW and dirty:
             entry |= RW
         slot = (linear >> 12) & 0x3FF
-        old = self._get(pt.phys, slot)
-        self._set(pt.phys, slot, entry)
+        old = self._get(pt, slot)
+        # Execute permission only where code runs as is (see the module docstring).
+        if not (fetch or (old & P and not old & NX)):
+            entry |= NX
+        self._set(pt, slot, entry)
         if old & P:
-            self._flush_tlb()       # an upgrade (read-only to writable): drop the cached entry
-        self.stats["hidden-faults"] += 1
+            self._flush_tlb()       # an upgrade (to writable or executable): drop the cached entry
+        self.stats["exec-faults" if fetch else "hidden-faults"] += 1
 
     # --- keeping shadows coherent ------------------------------------------------
     def traced_write(self, phys: int, size: int) -> None:
@@ -377,8 +502,8 @@ class ShadowMMU:
                 for user_space, pde_index in pt.users:
                     if user_space is self.space:
                         self.on_remap((pde_index << 22) | (index << 12), PAGE_SIZE)
-                if self._get(pt.phys, index):
-                    self._set(pt.phys, index, 0)
+                if self._get(pt, index):
+                    self._set(pt, index, 0)
                     touched = True
         if touched:
             self.stats["pt-writes"] += 1
@@ -390,5 +515,5 @@ class ShadowMMU:
         self.on_remap(linear & ~0xFFF, PAGE_SIZE)
         pt = self.space.pts.get(linear >> 22)
         if pt is not None:
-            self._set(pt.phys, (linear >> 12) & 0x3FF, 0)
+            self._set(pt, (linear >> 12) & 0x3FF, 0)
         self._flush_tlb()

@@ -12,6 +12,11 @@ sharing a page with code) cost one exit and invalidate nothing.
 
 Tracing a page costs a unicorn region split (about 1 ms with RAM mapped by
 pointer), paid once per page while it stays traced.
+
+Each traced page gets a write-protection hook of its own, bounded to the
+page: unicorn keeps every store to a page that any memory hook covers on its
+slow path (~150 ns a store), so a hook over all of memory would slow down
+every guest store (see shadow_mmu/mmu.py on unicorn's store path).
 """
 
 from __future__ import annotations
@@ -32,11 +37,11 @@ class PageTraces:
         self._uc = uc
         self._ram_write = ram_write
         self.owners: dict[int, set[TraceOwner]] = {}   # page -> owners
+        self._hooks: dict[int, int] = {}                # page -> its unicorn hook
         self.trace_faults = 0
         # Called after each protection change (the engine clears unicorn's
         # exception state there: see vcpu/quirks.py FaultState.reset).
         self.after_protect: Callable[[], None] = lambda: None
-        uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._hook)
 
     @property
     def pages(self) -> set[int]:
@@ -46,6 +51,8 @@ class PageTraces:
         owners = self.owners.get(page)
         if owners is None:
             self.owners[page] = {owner}
+            self._hooks[page] = self._uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._hook,
+                                                  begin=page, end=page + PAGE_SIZE - 1)
             self._uc.mem_protect(page, PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
             self.after_protect()
         else:
@@ -58,6 +65,7 @@ class PageTraces:
             if not owners:
                 del self.owners[page]
                 self._uc.mem_protect(page, PAGE_SIZE, UC_PROT_ALL)
+                self._uc.hook_del(self._hooks.pop(page))
                 self.after_protect()
 
     def notify(self, phys: int, size: int) -> None:

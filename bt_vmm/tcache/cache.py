@@ -20,7 +20,7 @@ from unicorn import Uc
 from unicorn.x86_const import UC_X86_REG_CS
 
 from bt_vmm.decoder import TranslationUnit, decode_tu
-from bt_vmm.machine.layout import PAGE_SIZE
+from bt_vmm.machine.layout import MON_BASE, PAGE_SIZE
 from bt_vmm.machine.memory import GuestFault
 from bt_vmm.shadow_mmu.traces import PageTraces
 from bt_vmm.tcache import region as R
@@ -57,11 +57,14 @@ class CCF:
 
 
 class TCache:
-    def __init__(self, uc: Uc, translator_factory: Callable[[int], Translator],
+    def __init__(self, uc: Uc, translator_factory: Callable[[int, int], Translator],
                  fetch: Callable[[int, int], bytes], traces: PageTraces,
                  phys_of: Callable[[int], int], tc_size: int = R.TC_END - R.TC_BASE,
-                 recorder=None) -> None:
+                 recorder=None, placement: R.Placement | None = None) -> None:
         self._uc = uc
+        self.placement = placement or R.Placement()
+        self._translator_factory = translator_factory
+        self._tc_size = tc_size
         # Optional observer (bt_vmm.tcprofile.TCRecorder): told about every
         # translation, chain, invalidation and flush when a profile is recorded.
         self.recorder = recorder
@@ -80,21 +83,28 @@ class TCache:
         self.invalidations = Counter()
         self.flushes = Counter()
         self.occupancy_peak = 0
-        # Shared code at the start of the TC: the lookup routine and the miss stub.
-        self._tc_lo = R.lin(R.TC_BASE)
-        self._tc_hi = self._tc_lo + tc_size
+        self._build_shared()
+        if recorder is not None:
+            recorder.attach(self)
+
+    def _build_shared(self) -> None:
+        """Shared code at the start of the TC: the lookup routine and the miss
+        stub, for the region's current placement."""
+        self._tc_lo = self.placement.lin(R.TC_BASE)
+        self._tc_hi = self._tc_lo + self._tc_size
         self.lookup_addr = self._tc_lo
-        self.translator = translator_factory(self.lookup_addr)
+        self.translator = self._translator_factory(self.lookup_addr, self.placement.base)
         # The lookup routine has a preemption check: returns and indirect
         # branches (recursion, dispatch loops) are check points too. When it
         # fires, the guest's ECX is in S_ECX and the target in S_TARGET.
         lookup_body = t("lookup_counted" if self.translator.count else "lookup").code
-        lookup = lookup_body[:7] + preempt_check() + lookup_body[7:]
+        lookup = lookup_body[:7] + preempt_check(self.placement.base) + lookup_body[7:]
         self.miss_stub = self.lookup_addr + len(lookup)
         self.stop_addr = self.miss_stub + 1
         shared = lookup + INT3 + b"\xf4"
-        uc.mem_write(self.lookup_addr, shared)
-        self.callouts[self.miss_stub + 1] = Callout("lookup-miss", self.miss_stub, 0)
+        self.shared_code = shared
+        self._write(self.lookup_addr, shared)
+        self.callouts = {self.miss_stub + 1: Callout("lookup-miss", self.miss_stub, 0)}
         # preemption checks (`bound`, which faults at its own address), by TC address
         self.preempt_points: dict[int, Callout] = {
             self.lookup_addr + 7: Callout("preempt-lookup", self.lookup_addr + 7, 0)}
@@ -102,8 +112,19 @@ class TCache:
         self._alloc = self._alloc_lo
         self._next_slot = 0
         self._clear_table()
-        if recorder is not None:
-            recorder.attach(self)
+
+    def rebase(self) -> None:
+        """The region moved (its placement changed): every CCF goes, and the
+        shared code is rebuilt for the new linear addresses."""
+        self.flush("monitor-moved")
+        self._build_shared()
+
+    def _write(self, tc_addr: int, data: bytes) -> None:
+        """Store into the TC (unicorn's mem_write takes physical addresses)."""
+        self._uc.mem_write(tc_addr - self.placement.base + MON_BASE, data)
+
+    def _read(self, tc_addr: int, n: int) -> bytes:
+        return bytes(self._uc.mem_read(tc_addr - self.placement.base + MON_BASE, n))
 
     # --- lookup ---------------------------------------------------------------
     def get(self, pc: int) -> CCF:
@@ -120,7 +141,7 @@ class TCache:
         return None
 
     def fill_table(self, ccf: CCF) -> None:
-        self._uc.mem_write(R.lin(R.LTABLE) + 4 * (ccf.pc & 0xFFFF), struct.pack("<I", ccf.code.entry))
+        self._uc.mem_write(R.phys(R.LTABLE) + 4 * (ccf.pc & 0xFFFF), struct.pack("<I", ccf.code.entry))
 
     # --- translation ----------------------------------------------------------
     def _translate(self, pc: int) -> CCF:
@@ -137,7 +158,7 @@ class TCache:
         ccf = CCF(len(self._ccfs) + len(self.retired), self._next_slot, code, generation=self.generation)
         self._next_slot += 1
         self._alloc = (self._alloc + len(code.code) + 15) & ~15
-        self._uc.mem_write(code.base, code.code)
+        self._write(code.base, code.code)
         self._starts.append(code.base)
         self._ccfs.append(ccf)
         self.by_pc[pc] = ccf
@@ -209,7 +230,7 @@ class TCache:
             self.recorder.chained(site, ccf)
 
     def _patch(self, field_addr: int, dest: int) -> None:
-        self._uc.mem_write(field_addr, rel32(field_addr + 4, dest))
+        self._write(field_addr, rel32(field_addr + 4, dest))
         self._forget(field_addr - 2, field_addr + 4)
 
     def _forget(self, lo: int, hi: int) -> None:
@@ -256,14 +277,14 @@ class TCache:
         for site in ccf.incoming:
             self._patch(site.field, site.stub)
         ccf.incoming.clear()
-        slot_addr = R.lin(R.LTABLE) + 4 * (ccf.pc & 0xFFFF)
+        slot_addr = R.phys(R.LTABLE) + 4 * (ccf.pc & 0xFFFF)
         if struct.unpack("<I", self._uc.mem_read(slot_addr, 4))[0] == ccf.code.entry:
             self._uc.mem_write(slot_addr, struct.pack("<I", self.miss_stub))
         # Unicorn may still hold compiled code that jumps to this body (a TB
         # that was running when the chain was cut): make the body itself exit,
         # so a stale jump re-dispatches on the guest PC instead of running
         # stale code.
-        self._uc.mem_write(ccf.body, INT3)
+        self._write(ccf.body, INT3)
         self._forget(ccf.body, ccf.body + 1)
         self.callouts[ccf.body + 1] = Callout("reenter", ccf.body, ccf.pc, ccf=ccf)
         for page in ccf.tu.pages:
@@ -310,19 +331,19 @@ class TCache:
         self.preempt_points = {k: v for k, v in self.preempt_points.items() if v.ccf is None}
         self._alloc = self._alloc_lo
         self._next_slot = 0
-        self._uc.mem_write(R.lin(R.COUNTERS), bytes(8 * R.COUNTER_SLOTS))
+        self._uc.mem_write(R.phys(R.COUNTERS), bytes(8 * R.COUNTER_SLOTS))
         self._clear_table()
         self._forget(self._tc_lo, self._tc_hi)
         self.generation += 1
 
     def _clear_table(self) -> None:
-        self._uc.mem_write(R.lin(R.LTABLE), struct.pack("<I", self.miss_stub) * R.LTABLE_ENTRIES)
+        self._uc.mem_write(R.phys(R.LTABLE), struct.pack("<I", self.miss_stub) * R.LTABLE_ENTRIES)
 
     # --- counters -------------------------------------------------------------
     def executions(self, ccf: CCF) -> int:
         if ccf.dead:
             return ccf.executions
-        return struct.unpack("<Q", self._uc.mem_read(R.lin(R.COUNTERS) + 8 * ccf.slot, 8))[0]
+        return struct.unpack("<Q", self._uc.mem_read(R.phys(R.COUNTERS) + 8 * ccf.slot, 8))[0]
 
     def all_ccfs(self) -> list[CCF]:
         return self.retired + self._ccfs

@@ -1,6 +1,11 @@
 """Layout of the monitor region: the monitor's data, tables and the translation cache.
 
-The whole region is one 4 MiB page at MON_BASE in every shadow address space.
+The region is 4 MiB of host memory that unicorn sees at physical MON_BASE and
+that every shadow address space maps at one 4 MiB-aligned linear address, the
+region's *placement* (MON_BASE to start with, the top of the address space as
+in the original VMware Workstation). When the guest wants that linear range
+for itself, the monitor moves the region to a range the guest does not use
+(Placement, and engines/bt.py `_move_monitor`).
 Its PDE is a *user* page while guest kernel code runs from the TC, and CR4.SMAP
 is on with EFLAGS.AC clear: any guest instruction that touches the region
 faults (SDM vol. 3, 4.6.1 "Determination of Access Rights"), while the TC's own
@@ -8,7 +13,7 @@ accesses are bracketed by `stac`/`clac`. Guest RAM is mapped supervisor-only.
 Unicorn does not check segment limits, so VMware's segment truncation is not
 available here; SMAP gives the same guarantee with paging alone.
 
-The TC addresses monitor data through GS, whose base is MON_BASE: the guest's
+The TC addresses monitor data through GS, whose base is the placement: the guest's
 GS is virtual (kept by the vCPU) and swapped in only around instructions that
 use it.
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 from bt_vmm.machine.layout import MON_BASE, MON_SIZE
 
-# --- the data page (offsets from GS base = MON_BASE) -----------------------
+# --- the data page (offsets from GS base) -----------------------------------
 S_EAX = 0x000        # scratch: guest EAX while a rewrite sequence borrows it
 S_ECX = 0x004        # scratch: guest ECX while a lookup borrows it
 S_TARGET = 0x008     # guest PC being looked up (ret / indirect branch)
@@ -60,6 +65,30 @@ MON_GS_SEL_VALUE = MON_GS_INDEX << 3
 FIRST_MONITOR_GDT_INDEX = MON_CS_INDEX
 
 
-def lin(offset: int) -> int:
-    """Linear address of a monitor-region offset."""
+def phys(offset: int) -> int:
+    """Unicorn-physical address of a monitor-region offset (for mem_read and
+    mem_write, which take physical addresses): it never moves."""
     return MON_BASE + offset
+
+
+class Placement:
+    """Where the monitor region sits in the linear address space right now.
+    One per machine: the shadow MMU maps it there, the TC is translated for
+    it, and the monitor's GS and GDTR bases follow it."""
+
+    def __init__(self, base: int = MON_BASE) -> None:
+        self.base = base
+
+    def lin(self, offset: int) -> int:
+        """Linear address of a monitor-region offset."""
+        return self.base + offset
+
+    @property
+    def pde(self) -> int:
+        """The guest page-directory index the region occupies."""
+        return self.base >> 22
+
+    def guest_ranges(self) -> list[tuple[int, int]]:
+        """The linear ranges [begin, end] outside the region (for hooks)."""
+        return [(lo, hi) for lo, hi in ((0, self.base - 1), (self.base + MON_SIZE, 0xFFFFFFFF))
+                if lo <= hi]

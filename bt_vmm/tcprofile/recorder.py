@@ -107,7 +107,7 @@ class TCRecorder:
     def _lookup_miss(self, c) -> None:
         # The lookup left the target guest PC in S_TARGET (the TC's own scratch word).
         uc = self.tcache._uc
-        target = struct.unpack("<I", uc.mem_read(R.lin(R.S_TARGET), 4))[0]
+        target = struct.unpack("<I", uc.mem_read(R.phys(R.S_TARGET), 4))[0]
         self._misses[target] = self._misses.get(target, 0) + 1
         if c.ccf is not None:            # the entry check of another TU in that table slot
             self._collisions[c.ccf.index] = self._collisions.get(c.ccf.index, 0) + 1
@@ -134,7 +134,7 @@ class TCRecorder:
                 by_ccf.setdefault(c.ccf.index, []).append((c, n))
         ccfs = [self._ccf_record(ccf, tc, by_ccf.get(ccf.index, ())) for ccf in tc.all_ccfs()]
         s = tc.stats
-        lookups = struct.unpack("<Q", uc.mem_read(R.lin(R.N_LOOKUPS), 8))[0] if counted else None
+        lookups = struct.unpack("<Q", uc.mem_read(R.phys(R.N_LOOKUPS), 8))[0] if counted else None
         totals = {
             "tus_translated": s["translated"],
             "guest_bytes_translated": s["guest_bytes"],

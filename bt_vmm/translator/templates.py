@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
+import capstone
+
 from keystone import KS_ARCH_X86, KS_MODE_32, Ks
 
 from bt_vmm.tcache import region as R
@@ -20,6 +22,7 @@ CLAC = b"\x0f\x01\xca"   # EFLAGS.AC = 0: back to guest instructions
 INT3 = b"\xcc"           # callout: an exit into the monitor's INTR hook
 
 _ks = Ks(KS_ARCH_X86, KS_MODE_32)
+_md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 _MARK = 0x5A5A0000
 
 
@@ -37,6 +40,10 @@ class Template:
             if pos < 0 or self.code.find(struct.pack("<I", m), pos + 1) >= 0:
                 raise ValueError(f"template field {f} not found exactly once")
             self.offsets[f] = pos
+        # Where its int3 callout is, if it has one: found by decoding, since a
+        # field's value may contain the byte 0xCC (a guest PC in entry_check
+        # did, and the callout was registered inside an immediate).
+        self.int3 = next((i.address for i in _md.disasm(self.code, 0) if i.mnemonic == "int3"), None)
 
     def __len__(self) -> int:
         return len(self.code)
@@ -48,12 +55,12 @@ class Template:
         return bytes(out)
 
 
-def preempt_check() -> bytes:
+def preempt_check(mon_base: int) -> bytes:
     """`bound eax, cs:[PREEMPT_BOUNDS]`: a preemption check that touches no
     register or flag and does not end unicorn's block. The bounds normally admit
     every value; the monitor's timer thread makes them admit none, and the
     next check raises #BR at a guest instruction boundary."""
-    return b"\x2e\x62\x05" + struct.pack("<I", R.lin(R.PREEMPT_BOUNDS))
+    return b"\x2e\x62\x05" + struct.pack("<I", mon_base + R.PREEMPT_BOUNDS)
 
 
 def rel32(src_next: int, target: int) -> bytes:

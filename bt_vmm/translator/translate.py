@@ -24,8 +24,10 @@ from typing import Callable
 from capstone import x86_const as C
 
 from bt_vmm.decoder import Insn, Kind, TranslationUnit
+from bt_vmm.machine.layout import MON_BASE
 from bt_vmm.tcache import region as R
-from bt_vmm.translator.templates import INT3, STAC, preempt_check, push_vsel, rel32, seg_read, t
+from bt_vmm.translator.templates import (INT3, STAC, Template, preempt_check, push_vsel, rel32,
+                                        seg_read, t)
 
 TB_BREAK = b"\xeb\x00"   # jmp $+2: ends unicorn's translation block here
 PREFIXES = {0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67}
@@ -97,10 +99,10 @@ class _Emitter:
         self.callouts.append(Callout(kind, self.here, guest_eip, insn))
         self.buf += INT3
 
-    def int3_inside(self, code: bytes, kind: str, guest_eip: int) -> None:
+    def int3_inside(self, template: Template, kind: str, guest_eip: int, **fields: int) -> None:
         """Emit a template that contains exactly one int3 callout."""
-        self.callouts.append(Callout(kind, self.here + code.index(INT3), guest_eip))
-        self.buf += code
+        self.callouts.append(Callout(kind, self.here + template.int3, guest_eip))
+        self.buf += template.emit(**fields)
 
     def exit_jmp(self, target: int, kind: str, opcode: bytes = b"\xe9") -> None:
         self.buf += opcode
@@ -112,8 +114,9 @@ class _Emitter:
 
 
 class Translator:
-    def __init__(self, lookup_addr: int, count: bool, budget: bool) -> None:
+    def __init__(self, lookup_addr: int, count: bool, budget: bool, mon_base: int = MON_BASE) -> None:
         self.lookup_addr = lookup_addr   # the shared lookup routine in the TC
+        self.mon_base = mon_base         # the monitor region's linear placement
         self.count = count or budget     # execution counters at the top of every CCF
         self.budget = budget             # --max-insns budget check as well
 
@@ -123,13 +126,13 @@ class Translator:
         slot; `resolve(pc)` gives the body of an existing CCF to pre-chain to."""
         e = _Emitter(base)
         e.mark(tu.pc)
-        e.int3_inside(t("entry_check").emit(negpc=-tu.pc), "lookup-miss", tu.pc)
+        e.int3_inside(t("entry_check"), "lookup-miss", tu.pc, negpc=-tu.pc)
         body = e.here
         if self.count:
             so = R.COUNTERS + 8 * slot
             if self.budget:
-                e.int3_inside(t("count_budget").emit(slot=so, slot4=so + 4, n=len(tu.insns)),
-                              "insn-limit", tu.pc)
+                e.int3_inside(t("count_budget"), "insn-limit", tu.pc,
+                              slot=so, slot4=so + 4, n=len(tu.insns))
             else:
                 e.raw(t("count").emit(slot=so, slot4=so + 4))
         rewrites = []
@@ -153,11 +156,11 @@ class Translator:
             # "Masking Maskable Hardware Interrupts"): check after it.
             if irq_check_owed and insn.kind in (Kind.IDENT, Kind.GS_ACCESS, Kind.SEG_READ, Kind.FPU_ENV):
                 e.mark(insn.next)
-                e.int3_inside(t("irq_check").code, "irq-window", insn.next)
+                e.int3_inside(t("irq_check"), "irq-window", insn.next)
             irq_check_owed = insn.kind is Kind.STI
             if insn.kind is Kind.POPF:
                 e.mark(insn.next)
-                e.int3_inside(t("irq_check").code, "irq-window", insn.next)
+                e.int3_inside(t("irq_check"), "irq-window", insn.next)
         last = tu.insns[-1]
         if last.kind in (Kind.IDENT, Kind.CLI, Kind.STI, Kind.PUSHF, Kind.POPF, Kind.SEG_READ,
                          Kind.GS_ACCESS, Kind.CALLOUT, Kind.FPU_ENV):
@@ -247,7 +250,7 @@ class Translator:
             e.raw(t("gs_in").code)
             e.mark(insn.addr, "gs")
             e.raw(insn.raw)
-            e.raw(t("gs_out").emit(mon_gs=R.lin(R.MON_GS_SEL)))
+            e.raw(t("gs_out").emit(mon_gs=self.mon_base + R.MON_GS_SEL))
         elif k is Kind.FPU_ENV:
             # The store runs as is; a callout then replaces the TC address it
             # saved as the last x87 instruction's (and the monitor's CS) with the
@@ -257,7 +260,7 @@ class Translator:
                 e.raw(t("gs_in").code)
                 e.mark(insn.addr, "gs")
                 e.raw(insn.raw)
-                e.raw(t("gs_out").emit(mon_gs=R.lin(R.MON_GS_SEL)))
+                e.raw(t("gs_out").emit(mon_gs=self.mon_base + R.MON_GS_SEL))
             else:
                 e.raw(insn.raw)
             e.int3("emulate", insn.addr, insn)
@@ -277,7 +280,7 @@ class Translator:
         if target <= insn.addr:
             e.mark(target)
             e.preempt_points.append(Callout("preempt", e.here, target))
-            e.raw(preempt_check())
+            e.raw(preempt_check(self.mon_base))
             e.mark(insn.addr)
 
     def _seg_read(self, e: _Emitter, insn: Insn) -> None:

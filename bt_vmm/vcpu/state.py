@@ -46,6 +46,7 @@ UC_SEG = {"ds": X.UC_X86_REG_DS, "es": X.UC_X86_REG_ES, "fs": X.UC_X86_REG_FS,
 # MSRs a 32-bit kernel touches on this CPU (others raise #GP, as on hardware).
 MSR_TSC = 0x10
 MSR_PLATFORM_ID = 0x17
+MSR_BIOS_SIGN_ID = 0x8B      # microcode revision (EDX after a cpuid): no update loaded, 0
 MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
 MSR_MISC_ENABLE = 0x1A0
 
@@ -81,7 +82,7 @@ class VCpu:
         self.ldtr = Segment(0, Descriptor(0, 0, 0, 0))
         self.tr = Segment(0, Descriptor(0, 0, 0, 0))
         self.msr: dict[int, int] = {MSR_SYSENTER_CS: 0, MSR_SYSENTER_ESP: 0, MSR_SYSENTER_EIP: 0,
-                                    MSR_PLATFORM_ID: 0, MSR_MISC_ENABLE: 1}
+                                    MSR_PLATFORM_ID: 0, MSR_MISC_ENABLE: 1, MSR_BIOS_SIGN_ID: 0}
         self.segs: dict[str, Segment] = {}
         self.delivered: Counter[int] = Counter()   # exceptions and interrupts, by vector
         # Set by the trap-and-emulate engine: the guest kernel runs at ring 1,
@@ -94,9 +95,12 @@ class VCpu:
         self.invlpg = lambda linear: None
 
     # --- start-up -------------------------------------------------------------
-    def reset_multiboot(self, code_sel: int = 0x08, data_sel: int = 0x10) -> None:
-        """The state Multiboot 0.6.96 section 3.2 promises: flat 32-bit segments
-        with base 0 (selectors undefined: these are GRUB-like), paging off."""
+    def reset_boot(self, code_sel: int = 0x08, data_sel: int = 0x10,
+                   gdt: tuple[int, int] = (0, 0)) -> None:
+        """The state boot protocols promise: flat 32-bit segments with base 0
+        and paging off. Multiboot 0.6.96 section 3.2 leaves the selectors and
+        GDTR undefined (the defaults are GRUB-like); Linux names them."""
+        self.gdtr = gdt
         self._shadow_put(code_sel >> 3, FLAT_CODE)
         self._shadow_put(data_sel >> 3, FLAT_DATA)
         self.segs = {"cs": Segment(code_sel, FLAT_CODE)}
@@ -109,11 +113,11 @@ class VCpu:
 
     # --- virtual EFLAGS -------------------------------------------------------
     def vflags(self) -> int:
-        vif, viopl, vac = struct.unpack("<III", self._uc.mem_read(R.lin(R.VIF), 12))
+        vif, viopl, vac = struct.unpack("<III", self._uc.mem_read(R.phys(R.VIF), 12))
         return vif | viopl | vac
 
     def set_vflags(self, eflags: int) -> None:
-        self._uc.mem_write(R.lin(R.VIF), struct.pack("<III", eflags & IF, eflags & IOPL, eflags & AC))
+        self._uc.mem_write(R.phys(R.VIF), struct.pack("<III", eflags & IF, eflags & IOPL, eflags & AC))
 
     def guest_eflags(self, real: int) -> int:
         """The guest's EFLAGS. At CPL3 the guest runs directly and the real
@@ -155,7 +159,7 @@ class VCpu:
     def interrupts_enabled(self) -> bool:
         if self.ring_compression:
             return bool(self._regs.read(X.UC_X86_REG_EFLAGS) & IF)
-        return bool(struct.unpack("<I", self._uc.mem_read(R.lin(R.VIF), 4))[0])
+        return bool(struct.unpack("<I", self._uc.mem_read(R.phys(R.VIF), 4))[0])
 
     # --- control registers ----------------------------------------------------
     def write_cr(self, n: int, value: int) -> None:
@@ -239,7 +243,7 @@ class VCpu:
         if index >= R.FIRST_MONITOR_GDT_INDEX:
             raise Unsupported(f"guest selector index {index} collides with the monitor's GDT slots")
         raw = desc if isinstance(desc, bytes) else desc.pack()
-        self._uc.mem_write(R.lin(R.SHADOW_GDT) + 8 * index, self._compress(raw))
+        self._uc.mem_write(R.phys(R.SHADOW_GDT) + 8 * index, self._compress(raw))
 
     def _compress(self, raw: bytes) -> bytes:
         """Ring compression (the trap-and-emulate engine runs the guest kernel at
@@ -357,7 +361,7 @@ class VCpu:
         return self.segs[name].desc.base
 
     def _put_u32(self, off: int, value: int) -> None:
-        self._uc.mem_write(R.lin(off), struct.pack("<I", value))
+        self._uc.mem_write(R.phys(off), struct.pack("<I", value))
 
     # --- exceptions and interrupts (SDM vol. 3, chapter 6) ---------------------
     def raise_exception(self, frame, vector: int, error_code: int | None, eip: int,
@@ -512,4 +516,4 @@ class VCpu:
             table = self.mem.read_lin(base + 8, n - 8)
             if self.ring_compression:
                 table = b"".join(self._compress(table[i:i + 8]) for i in range(0, len(table) - 7, 8))
-            self._uc.mem_write(R.lin(R.SHADOW_GDT) + 8, table)
+            self._uc.mem_write(R.phys(R.SHADOW_GDT) + 8, table)
