@@ -64,7 +64,7 @@ def test_empty_spec_and_unknown_option(tmp_path: Path) -> None:
     make_image(path)
     with pytest.raises(BadInput) as info:
         open_disk(f"{path},rw")
-    assert str(info.value) == f"--disk: unknown option 'rw' in '{path},rw' (expected PATH or PATH,ro)"
+    assert str(info.value) == f"--disk: unknown option 'rw' in '{path},rw' (expected PATH, PATH,ro or PATH,overlay)"
 
 
 def test_comma_in_a_file_name(tmp_path: Path) -> None:

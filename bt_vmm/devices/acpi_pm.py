@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Callable, Iterator
 
 from ..errors import EXIT_OK, GuestExit
+from .state import DeviceState
 
 # --- Register offsets from the base port. ---
 PM1_STS = 0  # PM1a_EVT_BLK status, u16: event bits, write 1 to clear
@@ -64,8 +65,11 @@ PM_TIMER_MASK = 0xFFFFFF  # 24 bits (FADT TMR_VAL_EXT clear)
 PM_TIMER_STS_BIT = 23  # STS_TMR is set whenever this bit changes
 
 
-class AcpiPm:
+class AcpiPm(DeviceState):
     """PM1a event/control registers and the PM timer, driven by a host clock."""
+
+    # Snapshot state (devices/state.py): PM1 registers and the PM timer's origin (guest clock).
+    STATE = ("pm1_sts", "pm1_en", "pm1_cnt", "_timer_origin", "_timer_epoch")
 
     def __init__(self, base: int = 0x600, clock: Callable[[], float] = time.monotonic) -> None:
         self.base = base

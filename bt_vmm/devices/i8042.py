@@ -28,6 +28,7 @@ from collections import deque
 from typing import Callable
 
 from bt_vmm.devices.bus import BytePorts
+from bt_vmm.devices.state import DeviceState
 
 # --- Ports. ---
 DATA_PORT = 0x60  # read: output buffer; write: a command's parameter, or a byte for the keyboard
@@ -143,8 +144,15 @@ SRC_KBD = 0  # keyboard data (and the controller's replies): IRQ1
 SRC_AUX = 1  # aux data: IRQ12, STS_AUX_OBF
 
 
-class I8042(BytePorts):
+class I8042(BytePorts, DeviceState):
     """The keyboard controller, the keyboard and the mouse, as the guest's drivers see them."""
+
+    # Snapshot state (devices/state.py): the controller, the keyboard and the mouse.
+    STATE = ("ram", "output_port", "last_write_was_command", "pending_command", "obuf",
+             "last_read", "ctrl_queue", "kbd_replies", "kbd_queue", "backlog", "kbd_scanning",
+             "kbd_expect", "kbd_last_sent", "leds", "scancode_set", "typematic", "aux_queue",
+             "aux_expect", "aux_last_sent", "aux_reporting", "aux_remote", "aux_scaling_2_1",
+             "aux_resolution", "aux_sample_rate", "irq1_level", "irq12_level")
 
     def __init__(
         self,

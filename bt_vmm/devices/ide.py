@@ -57,6 +57,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from bt_vmm.devices.state import DeviceState
+
 SECTOR_SIZE = 512  # bytes per sector, and per DRQ block of the single-sector commands
 
 # --- Command block register offsets from the base port (0x1F0 / 0x170). ---
@@ -231,8 +233,13 @@ class Transfer:
     block_sectors: int = 0  # sectors in the block now in the buffer
 
 
-class AtaDevice:
+class AtaDevice(DeviceState):
     """One device position on a channel: its disk (or None), status and settings."""
+
+    # Snapshot state (devices/state.py): status, settings and the data block in flight
+    # (the transfer it belongs to is saved by state() below).
+    STATE = ("status", "error", "interrupt_pending", "buffer", "pos", "sector_buffer", "heads",
+             "spt", "multiple", "write_cache", "read_lookahead", "revert_on_reset", "pio_mode")
 
     def __init__(self, disk: DiskBackend | None, serial: str) -> None:
         self.disk = disk
@@ -275,6 +282,16 @@ class AtaDevice:
         self.transfer = None
         self.buffer = bytearray()
         self.pos = 0
+
+    def state(self) -> dict:
+        saved = super().state()
+        saved["transfer"] = None if self.transfer is None else dict(vars(self.transfer))
+        return saved
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        t = state["transfer"]
+        self.transfer = None if t is None else Transfer(**t)
 
     def identify(self) -> bytes:
         """IDENTIFY DEVICE's 256 words, as they cross the data port (little-endian)."""
@@ -327,8 +344,11 @@ class AtaDevice:
         return bytes(data)
 
 
-class IdeChannel:
+class IdeChannel(DeviceState):
     """One IDE channel: two device positions behind eight ports, a control port and an IRQ."""
+
+    # Snapshot state (devices/state.py): the taskfile and the line; each device's below.
+    STATE = ("taskfile", "previous", "device_reg", "device_control", "irq_level")
 
     def __init__(
         self,
@@ -373,6 +393,16 @@ class IdeChannel:
     def port_ranges(self) -> tuple[tuple[int, int], ...]:
         """(first port, count) pairs to register on the port bus."""
         return ((self.base, COMMAND_BLOCK_PORTS), (self.ctrl, CONTROL_BLOCK_PORTS))
+
+    def state(self) -> dict:
+        saved = super().state()
+        saved["devices"] = [dev.state() for dev in self.devices]
+        return saved
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        for dev, saved in zip(self.devices, state["devices"]):
+            dev.restore(saved)
 
     @property
     def selected(self) -> int:

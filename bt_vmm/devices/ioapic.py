@@ -25,6 +25,7 @@ from collections import Counter
 from typing import Iterator
 
 from .lapic import LocalApic
+from .state import DeviceState
 
 BASE = 0xFEC00000  # the default physical address of the register window
 PAGE_SIZE = 0x1000
@@ -65,8 +66,11 @@ DELIVERY_LOWEST = 1
 DELIVERY_KINDS = {2: "SMI", 4: "NMI", 5: "INIT", 7: "ExtINT"}  # modes with no consumer here
 
 
-class IoApic:
+class IoApic(DeviceState):
     """The I/O APIC: 24 interrupt pins turned into messages for `lapic`."""
+
+    # Snapshot state (devices/state.py): registers and pin levels.
+    STATE = ("ioregsel", "id", "redirection", "inputs")
 
     def __init__(self, lapic: LocalApic, apic_id: int = 1) -> None:
         self.lapic = lapic

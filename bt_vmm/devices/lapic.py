@@ -30,6 +30,8 @@ import math
 from collections import Counter
 from typing import Callable
 
+from bt_vmm.devices.state import DeviceState
+
 BASE = 0xFEE00000  # the default physical address of the register page
 PAGE_SIZE = 0x1000  # the APIC decodes one 4 KiB page
 
@@ -163,8 +165,13 @@ VECTOR_COUNT = 256
 FIRST_LEGAL_VECTOR = 16  # vectors 0-15 are reserved: an APIC reports them as illegal
 
 
-class LocalApic:
+class LocalApic(DeviceState):
     """The bootstrap processor's local APIC, with its timer running from `clock`."""
+
+    # Snapshot state (devices/state.py): registers, and the timer's next expiry (guest clock).
+    STATE = ("base", "enabled", "id", "tpr", "ldr", "dfr", "svr", "irr", "isr", "tmr", "esr",
+             "esr_pending", "icr_low", "icr_high", "lvt", "timer_initial", "timer_divide",
+             "_timer_next", "_tick_seconds")
 
     def __init__(self, clock: Callable[[], float], apic_id: int = 0, bus_hz: float = 100e6) -> None:
         self._clock = clock

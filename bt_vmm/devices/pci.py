@@ -247,6 +247,17 @@ class PciHost:
         for fn in self.functions.values():
             fn.reset()
 
+    # --- Snapshot: the address latch and each function's configuration space. ---
+
+    def state(self) -> dict:
+        return {"config_address": self.config_address,
+                "functions": [[*key, fn.config.hex()] for key, fn in sorted(self.functions.items())]}
+
+    def restore(self, state: dict) -> None:
+        self.config_address = state["config_address"]
+        for bus, device, function, config in state["functions"]:
+            self.functions[(bus, device, function)].config[:] = bytes.fromhex(config)
+
     # --- Guest side. ---
 
     def io_read(self, port: int, size: int) -> int:

@@ -32,6 +32,7 @@ from collections import Counter
 from typing import Callable
 
 from bt_vmm.devices.bus import BytePorts
+from bt_vmm.devices.state import DeviceState
 
 # --- Ports. ---
 MASTER_COMMAND = 0x20  # master, A0=0: ICW1, OCW2, OCW3 / read IRR, ISR, poll word
@@ -100,8 +101,13 @@ BIOS_SLAVE_VECTOR = 0x70
 ALL_MASKED = 0xFF
 
 
-class Pic8259:
+class Pic8259(DeviceState):
     """One 8259A. The pair below does the cascade; this is the datasheet's block diagram."""
+
+    # Snapshot state (devices/state.py): one chip's registers and modes.
+    STATE = ("irr", "isr", "imr", "elcr", "lines", "icw1", "icw3", "icw4", "vector_base",
+             "init_step", "lowest_priority", "rotate_on_aeoi", "read_isr", "poll_pending",
+             "special_mask")
 
     def __init__(self, name: str, is_master: bool, elcr_mask: int) -> None:
         self.name = name
@@ -426,6 +432,16 @@ class Pic8259Pair(BytePorts):
             self.spurious_interrupts[8 + SPURIOUS_IRQ] += 1
             return self.slave.vector_base | SPURIOUS_IRQ
         return self.slave.vector_base | irq
+
+    # --- Snapshot. ---
+
+    def state(self) -> dict:
+        return {"master": self.master.state(), "slave": self.slave.state(), "intr_level": self.intr_level}
+
+    def restore(self, state: dict) -> None:
+        self.master.restore(state["master"])
+        self.slave.restore(state["slave"])
+        self.intr_level = state["intr_level"]
 
     # --- Guest side. ---
 

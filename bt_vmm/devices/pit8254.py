@@ -31,6 +31,7 @@ import time
 from typing import Callable
 
 from bt_vmm.devices.bus import BytePorts
+from bt_vmm.devices.state import DeviceState, apply, capture
 
 # --- Ports. ---
 CHANNEL0 = 0x40  # counter 0: the system timer (IRQ0)
@@ -104,8 +105,13 @@ def clk_pulses(t: float) -> int:
     return math.floor(t * PIT_HZ + TICK_EPSILON)
 
 
-class PitChannel:
+class PitChannel(DeviceState):
     """One counter: the count register (CR), the counting element (CE), OUT, and the latches."""
+
+    # Snapshot state (devices/state.py): one counter (CLK pulses of the guest clock).
+    STATE = ("control", "mode", "access", "bcd", "gate", "cr", "n", "armed", "triggered",
+             "load_tick", "counted", "span_start", "reload_at", "frozen", "cr_pending", "loads_at",
+             "lsb_written", "read_msb", "latched_count", "latched_msb", "latched_status")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -466,6 +472,20 @@ class Pit8254(BytePorts):
             period = ch.period()
             spacing = period / PIT_HZ / CATCHUP_DIVISOR if period else 0.0
             self._next_catchup = now + spacing
+
+    # --- Snapshot (devices/state.py): counters in CLK pulses of the guest clock. ---
+
+    STATE = ("port_b", "refresh", "irq0_level", "_edges_done", "pending_ticks", "_next_catchup")
+
+    def state(self) -> dict:
+        saved = capture(self, self.STATE)
+        saved["channels"] = [ch.state() for ch in self.channels]
+        return saved
+
+    def restore(self, state: dict) -> None:
+        apply(self, self.STATE, state)
+        for ch, saved in zip(self.channels, state["channels"]):
+            ch.restore(saved)
 
     # --- Guest side. ---
 

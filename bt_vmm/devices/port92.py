@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from bt_vmm.devices.state import DeviceState
+
 PORT = 0x92
 PORTS = ((PORT, 1),)
 
@@ -25,8 +27,11 @@ P92_ACTIVITY_LIGHTS = 0xC0  # hard disk activity lights (stored only)
 POWER_ON_VALUE = P92_A20  # the loader has enabled A20; the reset bit is clear
 
 
-class Port92:
+class Port92(DeviceState):
     """Port 0x92: fast A20 gate and fast reset."""
+
+    # Snapshot state (devices/state.py): the register.
+    STATE = ("value",)
 
     def __init__(self, on_reset: Callable[[], None] | None = None) -> None:
         self._on_reset = on_reset

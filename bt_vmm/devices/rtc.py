@@ -32,6 +32,7 @@ import time
 from typing import Callable
 
 from bt_vmm.devices.bus import BytePorts
+from bt_vmm.devices.state import DeviceState
 
 # --- Ports. ---
 INDEX_PORT = 0x70  # write: register index (bits 6-0) and the NMI mask (bit 7)
@@ -118,8 +119,13 @@ def from_bcd(value: int) -> int:
     return (value >> 4) * 10 + (value & 0x0F)
 
 
-class Rtc(BytePorts):
+class Rtc(BytePorts, DeviceState):
     """The MC146818 with 128 bytes of CMOS RAM: the PC's clock and setup memory."""
+
+    # Snapshot state (devices/state.py): registers, CMOS RAM, the guest's clock offset and
+    # the periodic interrupt's schedule (guest-clock times).
+    STATE = ("index", "nmi_disabled", "reg_a", "reg_b", "reg_c", "cmos", "offset", "held",
+             "_dow_adjust", "irq_level", "_periodic_origin", "_periodic_done", "_last_update")
 
     def __init__(
         self,

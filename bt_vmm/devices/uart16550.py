@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable
 
+from bt_vmm.devices.state import DeviceState
+
 # --- Register offsets from the base port. LCR.DLAB remaps offsets 0 and 1. ---
 RBR = 0  # read, DLAB=0: receiver buffer (pops the receive FIFO)
 THR = 0  # write, DLAB=0: transmitter holding register
@@ -107,8 +109,13 @@ BAUD_BASE = 115200  # the PC's 1.8432 MHz crystal divided by 16
 POWER_ON_DIVISOR = 12  # divisor latches are undefined at power-on; 9600 baud
 
 
-class Uart16550:
+class Uart16550(DeviceState):
     """COM1: the guest's serial console, talking to the host through `sink` and `feed()`."""
+
+    # Snapshot state (devices/state.py): the registers and FIFOs. A partial output line is
+    # flushed to the sink before a snapshot, so it belongs to the run that printed it.
+    STATE = ("ier", "lcr", "mcr", "scr", "dll", "dlm", "fifo_enabled", "rx_trigger", "lsr_errors",
+             "msr_deltas", "rbr_last", "thre_interrupt", "rx", "backlog", "irq_level")
 
     def __init__(
         self,

@@ -18,6 +18,10 @@ ATA disk with its write cache enabled promises.
 `PATH,ro` opens the file O_RDONLY: writes are refused here, and the IDE device
 refuses them earlier still (ABRT), so the file stays byte-identical.
 
+`PATH,overlay` opens the file O_RDONLY too, but the guest's writes succeed:
+they are kept in the monitor, in front of the image, for the run
+(hosted/overlay.py). Snapshots need ,ro or ,overlay disks.
+
 An image open read-write holds an exclusive flock(2) lock, a read-only one a
 shared lock, so two monitors cannot write one disk behind each other's backs
 (and a reader cannot watch one change underneath it).
@@ -33,7 +37,8 @@ import stat
 from ..errors import BadInput
 
 SECTOR_SIZE = 512  # bytes per sector: the unit of every read, write and size check
-READ_ONLY_OPTION = "ro"  # the one option after the comma in a --disk spec
+READ_ONLY_OPTION = "ro"  # options after the comma in a --disk spec
+OVERLAY_OPTION = "overlay"
 
 
 class DiskImage:
@@ -178,14 +183,20 @@ def _open_image(path: str, read_only: bool) -> tuple[int, int]:
     return fd, size
 
 
-def open_disk(spec: str) -> DiskImage:
-    """Turn a `--disk` argument (PATH or PATH,ro) into an open image; BadInput otherwise."""
-    path, read_only = spec, False
+def open_disk(spec: str):
+    """Turn a `--disk` argument (PATH, PATH,ro or PATH,overlay) into an open
+    image; BadInput otherwise."""
+    path, option = spec, None
     if "," in spec:
-        head, option = spec.rsplit(",", 1)
-        if option == READ_ONLY_OPTION:
-            path, read_only = head, True
+        head, tail = spec.rsplit(",", 1)
+        if tail in (READ_ONLY_OPTION, OVERLAY_OPTION):
+            path, option = head, tail
         elif not os.path.lexists(os.path.expanduser(spec)):
             # A comma in a file name is allowed; an unknown option is not.
-            raise BadInput(f"--disk: unknown option {option!r} in {spec!r} (expected PATH or PATH,ro)")
-    return DiskImage(os.path.expanduser(path) if path else path, read_only=read_only)
+            raise BadInput(f"--disk: unknown option {tail!r} in {spec!r} "
+                           "(expected PATH, PATH,ro or PATH,overlay)")
+    image = DiskImage(os.path.expanduser(path) if path else path, read_only=option is not None)
+    if option == OVERLAY_OPTION:
+        from bt_vmm.hosted.overlay import OverlayDisk
+        return OverlayDisk(image)
+    return image

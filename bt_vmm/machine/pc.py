@@ -36,7 +36,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
@@ -64,6 +63,7 @@ from bt_vmm.hosted.console import ConsoleInput, SerialSink
 from bt_vmm.hosted.disk import DiskImage
 from bt_vmm.loaders import BootImage
 from bt_vmm.machine import firmware
+from bt_vmm.machine.clock import GuestClock
 from bt_vmm.machine.layout import MON_BASE, MON_SIZE, OPEN_BUS, PAGE_SIZE
 from bt_vmm.machine.memory import GuestMemory
 from bt_vmm.shadow_mmu.mmu import ShadowMMU
@@ -72,7 +72,8 @@ from bt_vmm.tcache import region as R
 from bt_vmm.vcpu import cpuid
 from bt_vmm.vcpu.descriptors import FLAT_CODE, Descriptor
 from bt_vmm.vcpu.regs import Regs
-from bt_vmm.vcpu.state import CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMAP, VCpu
+from bt_vmm.vcpu.state import (CR0_ET, CR0_MIRRORED, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_MIRRORED,
+                               CR4_PAE, CR4_PSE, CR4_SMAP, VCpu)
 
 COM1 = 0x3F8
 ACPI_PM_BASE = 0x600
@@ -99,10 +100,12 @@ class Devices:
 
 class Machine:
     def __init__(self, mem_size: int, sink: SerialSink, disks: Sequence[DiskImage] = (),
-                 clock=time.monotonic) -> None:
+                 clock: GuestClock | None = None) -> None:
         self.mem_size = mem_size
         self.sink = sink
-        self.clock = clock
+        # Devices count guest time: host time minus the time the machine stood
+        # still (debugger stops, snapshot to restore). See machine/clock.py.
+        self.clock = clock if clock is not None else GuestClock()
         uc = Uc(UC_ARCH_X86, UC_MODE_32)
         # A model with SMAP: the monitor region's protection rests on it.
         uc.ctl_set_cpu_model(X.UC_CPU_X86_BROADWELL)
@@ -151,7 +154,7 @@ class Machine:
             uart=Uart16550(COM1, sink=self.sink.write, irq=self._isa_line(4)),
             pic=pic,
             pit=Pit8254(clock, self._isa_line(0)),
-            rtc=Rtc(clock, irq8=self._isa_line(8)),
+            rtc=Rtc(clock, wallclock=clock.wall, irq8=self._isa_line(8)),
             kbd=I8042(irq1=self._isa_line(1), irq12=self._isa_line(12), on_reset=self._reset),
             port92=Port92(on_reset=self._reset),
             lapic=lapic,
@@ -159,7 +162,7 @@ class Machine:
             pci=PciHost(),
             ide=(IdeChannel(prim.base, prim.ctrl, self._isa_line(prim.irq), drives[0], drives[1]),
                  IdeChannel(sec.base, sec.ctrl, self._isa_line(sec.irq), drives[2], drives[3])),
-            acpi=AcpiPm(ACPI_PM_BASE),
+            acpi=AcpiPm(ACPI_PM_BASE, clock=clock),
             debug_exit=DebugExit(DEBUG_EXIT_PORT),
         )
         build_i440fx(d.pci)
@@ -214,15 +217,17 @@ class Machine:
     def next_deadline(self) -> float | None:
         """When the next timer needs the monitor (host monotonic clock)."""
         deadlines = [d for d in (t.next_deadline() for t in self.timers) if d is not None]
-        return min(deadlines) if deadlines else None
+        return self.clock.host(min(deadlines)) if deadlines else None
 
     def tick(self, now: float) -> None:
+        """Bring the timers up to host monotonic time `now`."""
         if self.console_input is not None:
             data = self.console_input.drain()
             if data:
                 self.devices.uart.feed(data)
+        guest_now = self.clock.guest(now)
         for t in self.timers:
-            t.tick(now)
+            t.tick(guest_now)
 
     def interrupt_pending(self) -> bool:
         lapic = self.devices.lapic
@@ -279,7 +284,20 @@ class Machine:
             self.ram[addr:addr + len(data)] = data
         for addr, data in boot.chunks:
             self.ram[addr:addr + len(data)] = data
-        uc, regs = self.uc, self.regs
+        self._start_cpu(lambda: self.vcpu.reset_boot(boot.code_sel, boot.data_sel, boot.gdt))
+        regs = self.regs
+        regs.write(X.UC_X86_REG_EFLAGS, 0x2)
+        regs.write(X.UC_X86_REG_EAX, boot.eax)
+        regs.write(X.UC_X86_REG_EBX, boot.ebx)
+        regs.write(X.UC_X86_REG_ESI, boot.esi)
+        self.vcpu.set_vflags(0)
+
+    def _start_cpu(self, guest_segments) -> None:
+        """Unicorn's side of the CPU, under the guest state the vCPU holds: the
+        monitor's GDT, CS and GS, the shadow page tables, and the guest's CR0/CR4
+        bits that change how instructions behave. `guest_segments` loads the
+        guest's segment registers."""
+        uc, regs, v = self.uc, self.regs, self.vcpu
         # The monitor's descriptors at the top of the shadow GDT.
         uc.mem_write(R.phys(R.SHADOW_GDT) + 8 * R.MON_CS_INDEX, FLAT_CODE.pack())
         uc.mem_write(R.phys(R.MON_GS_SEL), R.MON_GS_SEL_VALUE.to_bytes(4, "little"))
@@ -289,15 +307,32 @@ class Machine:
         regs.write(X.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_NE)
         regs.write(X.UC_X86_REG_CS, R.MON_CS_SEL)
         regs.write(X.UC_X86_REG_GS, R.MON_GS_SEL_VALUE)
-        self.vcpu.reset_boot(boot.code_sel, boot.data_sel, boot.gdt)
-        self._paging_changed()                       # the identity shadow
-        regs.write(X.UC_X86_REG_CR4, CR4_PAE | CR4_SMAP)      # the shadows are PAE (shadow_mmu)
+        guest_segments()
+        self._paging_changed()                       # (at boot, the identity shadow)
+        # The shadows are PAE tables (shadow_mmu), whatever the guest's format.
+        regs.write(X.UC_X86_REG_CR4, CR4_PAE | CR4_SMAP | (v.cr4 & CR4_MIRRORED))
         # CR0.NE as the guest has it (clear at boot): with NE set, unicorn would
         # raise #MF for x87 errors the guest expects reported the legacy way
         # (found by selfcheck).
-        regs.write(X.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_WP | CR0_PG | (self.vcpu.cr0 & CR0_NE))
-        regs.write(X.UC_X86_REG_EFLAGS, 0x2)
-        regs.write(X.UC_X86_REG_EAX, boot.eax)
-        regs.write(X.UC_X86_REG_EBX, boot.ebx)
-        regs.write(X.UC_X86_REG_ESI, boot.esi)
-        self.vcpu.set_vflags(0)
+        regs.write(X.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_WP | CR0_PG | (v.cr0 & CR0_MIRRORED))
+
+    # --- snapshots ------------------------------------------------------------------
+    def restore_cpu(self, vcpu_state: dict) -> None:
+        """The vCPU's system state from a snapshot, and unicorn's CPU under it
+        (the engine restores the registers and where the guest runs)."""
+        self._start_cpu(lambda: self.vcpu.restore(vcpu_state))
+
+    def devices_state(self) -> dict:
+        """Every device's registers, by device (see each device's state())."""
+        d = self.devices
+        return {"uart": d.uart.state(), "pic": d.pic.state(), "pit": d.pit.state(),
+                "rtc": d.rtc.state(), "kbd": d.kbd.state(), "port92": d.port92.state(),
+                "lapic": d.lapic.state(), "ioapic": d.ioapic.state(), "pci": d.pci.state(),
+                "ide": [channel.state() for channel in d.ide], "acpi": d.acpi.state()}
+
+    def restore_devices(self, state: dict) -> None:
+        d = self.devices
+        for name in ("uart", "pic", "pit", "rtc", "kbd", "port92", "lapic", "ioapic", "pci", "acpi"):
+            getattr(d, name).restore(state[name])
+        for channel, saved in zip(d.ide, state["ide"]):
+            channel.restore(saved)

@@ -517,3 +517,74 @@ class VCpu:
             if self.ring_compression:
                 table = b"".join(self._compress(table[i:i + 8]) for i in range(0, len(table) - 7, 8))
             self._uc.mem_write(R.phys(R.SHADOW_GDT) + 8, table)
+
+    # --- snapshots ------------------------------------------------------------
+    def state(self) -> dict:
+        """The guest's system state: privilege level, control and debug
+        registers, descriptor-table registers, segments with the descriptors
+        they hold (which may differ from the tables now), MSRs. The general,
+        x87 and SSE registers are the engine's to save (they live in unicorn)."""
+        return {
+            "cpl": self.cpl,
+            "cr": [self.cr0, self.cr2, self.cr3, self.cr4],
+            "dr": list(self.dr),
+            "gdtr": list(self.gdtr),
+            "idtr": list(self.idtr),
+            "ldtr": _segment_state(self.ldtr),
+            "tr": _segment_state(self.tr),
+            "segs": {name: _segment_state(seg) for name, seg in self.segs.items()},
+            "msr": [[index, value] for index, value in sorted(self.msr.items())],
+        }
+
+    def restore(self, state: dict) -> None:
+        """Take the saved system state, with unicorn at CPL0 and paging off
+        (the machine turns paging on afterwards): the shadow GDT gets the
+        descriptors the segments hold, unicorn's data segments the guest's
+        selectors (at CPL3 the engine loads them when it enters user mode)."""
+        self.cpl = state["cpl"]
+        self.cr0, self.cr2, self.cr3, self.cr4 = state["cr"]
+        self.dr = list(state["dr"])
+        self.gdtr = tuple(state["gdtr"])
+        self.idtr = tuple(state["idtr"])
+        self.ldtr = _segment(state["ldtr"])
+        self.tr = _segment(state["tr"])
+        self.segs = {name: _segment(s) for name, s in state["segs"].items()}
+        self.msr = {index: value for index, value in state["msr"]}
+        for seg in self.segs.values():
+            if seg.selector & 0xFFFC and not seg.selector & 4:
+                self._shadow_put(seg.selector >> 3, seg.desc)
+        self._put_u32(R.VCS, self.segs["cs"].selector)
+        self._put_u32(R.VGS, self.segs["gs"].selector)
+        for name, reg in UC_SEG.items():
+            self._regs.write(reg, self.segs[name].selector if self.cpl == 0 else R.MON_GS_SEL_VALUE)
+
+    FPU_REGS = tuple(getattr(X, f"UC_X86_REG_{n}") for n in (
+        "FPCW", "FPSW", "FPTAG", "FOP", "FIP", "FCS", "FDP", "FDS", "MXCSR"))
+    FP_REGS = tuple(getattr(X, f"UC_X86_REG_FP{i}") for i in range(8))
+    XMM_REGS = tuple(getattr(X, f"UC_X86_REG_XMM{i}") for i in range(8))
+
+    def fpu_state(self) -> dict:
+        """x87 and SSE registers (physical x87 registers, not the stack view)."""
+        uc = self._uc
+        return {"control": [uc.reg_read(r) for r in self.FPU_REGS],
+                "fp": [list(uc.reg_read(r)) for r in self.FP_REGS],
+                "xmm": [f"{uc.reg_read(r):032x}" for r in self.XMM_REGS]}
+
+    def restore_fpu(self, state: dict) -> None:
+        uc = self._uc
+        for r, v in zip(self.FPU_REGS, state["control"]):
+            uc.reg_write(r, v)
+        for r, v in zip(self.FP_REGS, state["fp"]):
+            uc.reg_write(r, tuple(v))
+        for r, v in zip(self.XMM_REGS, state["xmm"]):
+            uc.reg_write(r, int(v, 16))
+
+
+def _segment_state(seg: Segment) -> list[int]:
+    d = seg.desc
+    return [seg.selector, d.base, d.limit, d.access, d.flags]
+
+
+def _segment(saved: list[int]) -> Segment:
+    selector, base, limit, access, flags = saved
+    return Segment(selector, Descriptor(base, limit, access, flags))
