@@ -64,9 +64,10 @@ _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 _md.detail = True
 
 
-def decode_tu(pc: int, fetch: Callable[[int, int], bytes]) -> TranslationUnit:
+def decode_tu(pc: int, fetch: Callable[[int, int], bytes], max_insns: int = MAX_TU_INSNS) -> TranslationUnit:
     """Decode the TU at guest linear address `pc`; `fetch(addr, n)` returns up
-    to n guest bytes (fewer at the end of readable memory)."""
+    to n guest bytes (fewer at the end of readable memory). A debugger's
+    single step asks for a TU of one instruction."""
     page_end = (pc & ~(PAGE - 1)) + PAGE
     # Only this page: reading ahead into the next one walks its page tables,
     # which sets the accessed bit of a page the guest may never touch (found
@@ -100,6 +101,6 @@ def decode_tu(pc: int, fetch: Callable[[int, int], bytes]) -> TranslationUnit:
         if pc + off >= page_end:
             tu.end_reason = "page boundary"
             return tu
-        if len(tu.insns) >= MAX_TU_INSNS:
+        if len(tu.insns) >= max_insns:
             tu.end_reason = "length cap"
             return tu

@@ -27,6 +27,8 @@ from bt_vmm.tcache import region as R
 from bt_vmm.translator import CCFCode, Callout, ExitSite, Translator
 from bt_vmm.translator.templates import INT3, preempt_check, rel32, t
 
+STEP_AREA_SIZE = 512     # TC bytes for the CCF of a debugger's single step (one instruction)
+
 
 @dataclass(eq=False)
 class CCF:
@@ -83,6 +85,9 @@ class TCache:
         self.invalidations = Counter()
         self.flushes = Counter()
         self.occupancy_peak = 0
+        # Guest addresses of the debugger's breakpoints: every CCF is translated
+        # with a breakpoint callout before each instruction at one of them.
+        self.breakpoints: set[int] = set()
         self._build_shared()
         if recorder is not None:
             recorder.attach(self)
@@ -101,14 +106,23 @@ class TCache:
         lookup = lookup_body[:7] + preempt_check(self.placement.base) + lookup_body[7:]
         self.miss_stub = self.lookup_addr + len(lookup)
         self.stop_addr = self.miss_stub + 1
-        shared = lookup + INT3 + b"\xf4"
+        # A debugger's single step: ret and indirect branches of the step CCF
+        # end here (the target saved as the lookup saves it, then a callout),
+        # and the step CCF itself is translated into the area after it.
+        step_lookup = self.stop_addr + 1
+        self.step_area = (step_lookup + len(lookup_body[:7]) + 1 + 15) & ~15
+        shared = lookup + INT3 + b"\xf4" + lookup_body[:7] + INT3
         self.shared_code = shared
         self._write(self.lookup_addr, shared)
-        self.callouts = {self.miss_stub + 1: Callout("lookup-miss", self.miss_stub, 0)}
+        self.callouts = {self.miss_stub + 1: Callout("lookup-miss", self.miss_stub, 0),
+                         step_lookup + 8: Callout("step-lookup", step_lookup + 7, 0)}
+        self._step_translator = Translator(step_lookup, count=False, budget=False,
+                                           mon_base=self.placement.base, step=True)
+        self.step_ccf: CCF | None = None
         # preemption checks (`bound`, which faults at its own address), by TC address
         self.preempt_points: dict[int, Callout] = {
             self.lookup_addr + 7: Callout("preempt-lookup", self.lookup_addr + 7, 0)}
-        self._alloc_lo = (self.lookup_addr + len(shared) + 15) & ~15
+        self._alloc_lo = self.step_area + STEP_AREA_SIZE
         self._alloc = self._alloc_lo
         self._next_slot = 0
         self._clear_table()
@@ -133,6 +147,9 @@ class TCache:
         return ccf if ccf is not None else self._translate(pc)
 
     def ccf_at(self, tc_addr: int) -> CCF | None:
+        step = self.step_ccf
+        if step is not None and step.code.base <= tc_addr < step.tc_end:
+            return step
         i = bisect.bisect_right(self._starts, tc_addr) - 1
         if i >= 0:
             ccf = self._ccfs[i]
@@ -149,7 +166,8 @@ class TCache:
         # Worst case: the CCF is a few times the guest bytes; retry after a flush.
         for attempt in (0, 1):
             if self._next_slot < R.COUNTER_SLOTS:
-                code = self.translator.translate(tu, self._alloc, self._next_slot, self._resolve)
+                code = self.translator.translate(tu, self._alloc, self._next_slot, self._resolve,
+                                                 self.breakpoints)
                 if self._alloc + len(code.code) <= self._tc_hi:
                     break
             if attempt:
@@ -194,6 +212,35 @@ class TCache:
         self.stats["ccf_bytes"] += len(code.code)
         self.occupancy_peak = max(self.occupancy_peak, self.occupancy)
         return ccf
+
+    def translate_step(self, pc: int) -> CCF:
+        """The CCF of the one instruction at guest PC `pc`, for a debugger's
+        single step (engines/debug.py): translated into the step area, kept out
+        of the lookup table and of every chain, its exits and ret/indirect
+        branches callouts; the previous step CCF's place is reused."""
+        tu = decode_tu(pc, self._fetch, max_insns=1)
+        base = self.step_area
+        code = self._step_translator.translate(tu, base, 0, lambda target: None)
+        if len(code.code) > STEP_AREA_SIZE:          # pragma: no cover - one instruction always fits
+            raise RuntimeError(f"the step CCF for {pc:#x} does not fit in the step area")
+        if self.step_ccf is not None:
+            for c in self.step_ccf.code.callouts:
+                self.callouts.pop(c.addr + 1, None)
+        ccf = CCF(-1, -1, code, generation=self.generation)
+        self._write(base, code.code)
+        self._forget(base, base + STEP_AREA_SIZE)
+        for c in code.callouts:
+            c.ccf = ccf
+            self.callouts[c.addr + 1] = c
+        self.step_ccf = ccf
+        return ccf
+
+    def breakpoint_changed(self, addr: int) -> None:
+        """A debugger's breakpoint at guest `addr` came or went: CCFs with an
+        instruction there are translated again (with or without the callout)."""
+        for ccf in list(self._by_linear.get(addr & ~(PAGE_SIZE - 1), ())):
+            if any(insn.addr == addr for insn in ccf.tu.insns):
+                self.invalidate(ccf, "breakpoint")
 
     def _phys_ranges(self, tu: TranslationUnit) -> list[tuple[int, int]]:
         """The guest-physical bytes a TU was decoded from, page by page."""

@@ -233,6 +233,7 @@ def layout(ccf) -> tuple[list, list]:
     irq = t("irq_check").code
     irq_at = irq.index(INT3)
     irq_sites = {c.addr for c in code.callouts if c.kind == "irq-window"}
+    bp_sites = {c.addr for c in code.callouts if c.kind == "breakpoint"}
     pcmap = code.pcmap
     regions: list[list] = [[base, body, "entry-check", tu.pc]]
     insns: list[list] = []
@@ -250,6 +251,9 @@ def layout(ccf) -> tuple[list, list]:
             stop = start + len(insn.raw)
             if buf[start - base:start - base + 2] == TB_BREAK and insn.raw[:2] != TB_BREAK:
                 stop += len(TB_BREAK)
+        if pos in bp_sites:
+            regions.append([pos, pos + 1, "breakpoint", insn.addr])
+            pos += 1
         if start > pos:
             regions.append([pos, start, "counter" if n == 0 else "gap", None])
         insns.append([insn.addr, len(insn.raw), insn.kind.value, start, stop])

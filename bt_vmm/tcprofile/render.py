@@ -41,6 +41,7 @@ REGIONS = {
     "irq-check": "pending-interrupt check (exits only if IF=1 and an irq waits)",
     "fallthrough-exit": "exit to the next TU",
     "exit-stubs": "unchained exits land on these int3 stubs",
+    "breakpoint": "a debugger's breakpoint (int3 callout before the instruction)",
 }
 # Names of the monitor data page's words (region.py), for the TC disassembly.
 _GS_NAMES: dict[int, str] = {}
@@ -60,6 +61,7 @@ _CALLOUT_WHY = {
     "preempt": "preemption check: #BR once the timer thread wants the CPU",
     "reenter": "invalidated: re-dispatch on the guest PC",
     "insn-limit": "--max-insns budget spent",
+    "breakpoint": "a debugger's breakpoint",
 }
 
 

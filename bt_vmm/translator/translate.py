@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection
 
 from capstone import x86_const as C
 
@@ -51,7 +51,8 @@ class ExitSite:
 @dataclass
 class Callout:
     """What the monitor must do when the int3 at `addr` fires."""
-    kind: str            # exit / lookup-miss / emulate / emulate-end / irq-window / insn-limit / undefined
+    kind: str            # exit / lookup-miss / emulate / emulate-end / irq-window / insn-limit / undefined,
+                         # breakpoint / step-exit / step-lookup (a debugger's, see engines/debug.py)
     addr: int            # TC address of the int3
     guest_eip: int       # the guest instruction it stands for (or the PC to resume at)
     insn: Insn | None = None
@@ -114,20 +115,33 @@ class _Emitter:
 
 
 class Translator:
-    def __init__(self, lookup_addr: int, count: bool, budget: bool, mon_base: int = MON_BASE) -> None:
+    def __init__(self, lookup_addr: int, count: bool, budget: bool, mon_base: int = MON_BASE,
+                 step: bool = False) -> None:
         self.lookup_addr = lookup_addr   # the shared lookup routine in the TC
         self.mon_base = mon_base         # the monitor region's linear placement
         self.count = count or budget     # execution counters at the top of every CCF
         self.budget = budget             # --max-insns budget check as well
+        # A debugger's single step: the CCF of one instruction whose every way
+        # out (direct exits, and `lookup_addr`, a stub, for ret and indirect
+        # branches) is a callout, never chained; no preemption or interrupt
+        # checks, so nothing but the instruction itself runs.
+        self.step = step
+        self.exit_kind = "step-exit" if step else "exit"
 
     def translate(self, tu: TranslationUnit, base: int, slot: int,
-                  resolve: Callable[[int], int | None]) -> CCFCode:
+                  resolve: Callable[[int], int | None],
+                  breakpoints: Collection[int] = ()) -> CCFCode:
         """Translate `tu` to run at TC address `base`; `slot` is its counter
-        slot; `resolve(pc)` gives the body of an existing CCF to pre-chain to."""
+        slot; `resolve(pc)` gives the body of an existing CCF to pre-chain to.
+        An instruction at an address in `breakpoints` is preceded by a
+        breakpoint callout, at a guest instruction boundary (the first one's
+        before the execution counter, so a stop there does not count a run)."""
         e = _Emitter(base)
         e.mark(tu.pc)
         e.int3_inside(t("entry_check"), "lookup-miss", tu.pc, negpc=-tu.pc)
         body = e.here
+        if tu.pc in breakpoints:
+            e.int3("breakpoint", tu.pc)
         if self.count:
             so = R.COUNTERS + 8 * slot
             if self.budget:
@@ -139,6 +153,8 @@ class Translator:
         ident = 0
         irq_check_owed = False
         for i, insn in enumerate(tu.insns):
+            if i and insn.addr in breakpoints:
+                e.int3("breakpoint", insn.addr)
             start = e.here
             e.mark(insn.addr)
             if insn.kind is Kind.IDENT:
@@ -157,8 +173,8 @@ class Translator:
             if irq_check_owed and insn.kind in (Kind.IDENT, Kind.GS_ACCESS, Kind.SEG_READ, Kind.FPU_ENV):
                 e.mark(insn.next)
                 e.int3_inside(t("irq_check"), "irq-window", insn.next)
-            irq_check_owed = insn.kind is Kind.STI
-            if insn.kind is Kind.POPF:
+            irq_check_owed = insn.kind is Kind.STI and not self.step
+            if insn.kind is Kind.POPF and not self.step:
                 e.mark(insn.next)
                 e.int3_inside(t("irq_check"), "irq-window", insn.next)
         last = tu.insns[-1]
@@ -173,9 +189,9 @@ class Translator:
             stub = e.here
             site = ExitSite(target, base + fo, stub, kind)
             exits.append(site)
-            e.callouts.append(Callout("exit", stub, target, exit=site))
+            e.callouts.append(Callout(self.exit_kind, stub, target, exit=site))
             e.buf += INT3
-            dest = resolve(target)
+            dest = None if self.step else resolve(target)
             struct.pack_into("<4s", e.buf, fo, rel32(base + fo + 4, dest if dest is not None else stub))
         return CCFCode(tu, base, bytes(e.buf), base, body, e.pcmap, exits, e.callouts, rewrites, ident,
                        e.preempt_points)
@@ -277,7 +293,7 @@ class Translator:
         """Loops are where guest kernel code can run without ever exiting: give
         every backward branch a preemption check, so timer interrupts reach a
         busy-waiting kernel without stopping unicorn from another thread."""
-        if target <= insn.addr:
+        if target <= insn.addr and not self.step:
             e.mark(target)
             e.preempt_points.append(Callout("preempt", e.here, target))
             e.raw(preempt_check(self.mon_base))
