@@ -12,6 +12,7 @@ EXIT_TRIPLE_FAULT = 4  # the guest triple-faulted (a real CPU would reset)
 EXIT_MONITOR = 6       # the guest did something this monitor does not virtualize
 EXIT_INSN_LIMIT = 8    # --max-insns reached
 EXIT_RESET = 10        # the guest asked for a reset (keyboard controller, port 0x92)
+EXIT_DEBUGGER = 16     # the debugger ended the run (gdb `kill`)
 EXIT_TIMEOUT = 124     # --timeout reached (the status coreutils' timeout uses)
 
 

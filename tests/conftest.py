@@ -7,6 +7,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import os
 import shutil
 import subprocess
 
@@ -26,3 +27,19 @@ def built_guests(tmp_path_factory) -> Path:
                           capture_output=True, text=True)
     assert proc.returncode == 0, f"guest build failed:\n{proc.stdout}\n{proc.stderr}"
     return out
+
+
+@pytest.fixture(scope="session")
+def gdb_binary() -> str:
+    """gdb, installed with apt-get when missing; skip only if that fails."""
+    path = shutil.which("gdb")
+    if path is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "gdb"]
+        if subprocess.run(install, capture_output=True, env=env).returncode != 0:
+            subprocess.run(["apt-get", "update"], capture_output=True, env=env)
+            subprocess.run(install, capture_output=True, env=env)
+        path = shutil.which("gdb")
+    if path is None:
+        pytest.skip("gdb is not installed and apt-get could not install it")
+    return path

@@ -14,6 +14,7 @@ import re
 import sys
 
 from bt_vmm import __version__
+from bt_vmm.cli.debugging import Session
 from bt_vmm.errors import EXIT_BAD_INPUT, EXIT_MONITOR, BadInput, BtVmmError
 
 _SIZE = re.compile(r"^(\d+)([KMG]?)(i?B)?$", re.IGNORECASE)
@@ -92,10 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--append", default="", help="kernel command line")
     r.add_argument("--module", action="append", default=[], metavar="'PATH [ARGS]'",
                    help="multiboot module (repeatable); the string is passed to the guest as is")
-    r.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]",
+    r.add_argument("--disk", action="append", default=[], metavar="PATH[,ro|,overlay]",
                    help="raw disk image on IDE (repeatable, up to 4: primary master, slave, "
-                        "secondary master, slave); ',ro' leaves the file untouched")
-    r.add_argument("-m", "--mem", type=parse_size, default=64 << 20, help="guest RAM (default 64M)")
+                        "secondary master, slave); ',ro' leaves the file untouched, ',overlay' "
+                        "keeps the guest's writes in memory (for snapshots)")
+    r.add_argument("-m", "--mem", type=parse_size, default=None, help="guest RAM (default 64M)")
     r.add_argument("--serial", default="stdio", help="stdio | none | file:PATH (default stdio)")
     r.add_argument("--engine", choices=["bt", "trap"], default="bt",
                    help="bt: binary translation; trap: trap-and-emulate by ring compression")
@@ -114,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tc-size", type=_tc_size, metavar="SIZE",
                    help="bytes of translation cache, or with a K/M suffix (16K to 3M, default "
                         "3M); a full TC is flushed")
+    from bt_vmm.cli.debugging import add_options as add_debugging_options
+    add_debugging_options(r)
     sub.add_parser("guests", help="list the bundled guests")
     from bt_vmm.tcprofile.cli import add_parser as add_tc_parser
     add_tc_parser(sub)
@@ -225,10 +229,12 @@ def _run(args) -> int:
         if args.kernel is not None:
             raise BadInput(f"--stats: expected 'live' or nothing, got '{args.stats}'")
         args.kernel, args.stats = args.stats, "table"
+    session = Session(args)          # --gdb, --wait-gdb, --snapshot-on-exit, --restore
     path, data = _read_kernel(args)
     modules = [_read_module(spec) for spec in args.module]
     initrd = None if args.initrd is None else Module(args.initrd, _read_file(args.initrd, "initrd"), "")
-    boot = load_kernel(path, data, args.mem, args.append, modules, initrd)
+    mem = session.mem_size
+    boot = None if session.snapshot is not None else load_kernel(path, data, mem, args.append, modules, initrd)
     sink = open_serial_sink(args.serial)
     panel = None
     if args.stats == "live":
@@ -259,8 +265,12 @@ def _run(args) -> int:
         for d in disks:
             d.close()
         raise
-    machine = Machine(args.mem, sink, disks)
-    machine.load(boot)
+    machine = Machine(mem, sink, disks)
+    try:
+        entry = session.start_machine(machine, disks, path, data, boot)
+    except BaseException:
+        machine.close()
+        raise
     if args.serial == "stdio" and _stdin_fd() is not None:
         machine.attach_console_input(_stdin_fd())
     options = EngineOptions(check=args.check, count=counted, max_insns=args.max_insns,
@@ -275,16 +285,18 @@ def _run(args) -> int:
         engine = TrapEngine(machine, options, audit=args.audit)
     else:
         engine = BTEngine(machine, options)
+    session.attach(machine, engine)
     if panel is not None:
         panel.start(engine)
     try:
-        result = engine.run(boot.entry)
+        result = engine.run(entry)
     except BaseException:
         sink.close()
         raise
     finally:
         if panel is not None:
             panel.stop()
+        session.close()
         machine.close()
     sink.finish()
     if result.status not in (0,) and not (result.status & 1):
@@ -294,6 +306,7 @@ def _run(args) -> int:
     if args.check and engine.check_violations == 0 and result.status != EXIT_MONITOR:
         print(f"bt-vmm: check passed: no guest kernel instruction ran outside the TC "
               f"({engine.tcache.stats['translated']} TUs translated)", file=sys.stderr)
+    session.finish(machine, engine, result)
     if args.tc_profile is not None:
         from bt_vmm.tcprofile.cli import finish_recording
         finish_recording(options.recorder, engine, result, args.tc_profile, path)

@@ -31,6 +31,7 @@ from unicorn import (UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INV
                      UcError)
 from unicorn import x86_const as X
 
+from bt_vmm.engines.debug import DebugControl, StopEvent
 from bt_vmm.engines.stop_points import StopPoints
 from bt_vmm.errors import (EXIT_INSN_LIMIT, EXIT_MONITOR, EXIT_TIMEOUT, EXIT_TRIPLE_FAULT,
                            BtVmmError, GuestExit, Unsupported)
@@ -122,6 +123,7 @@ class Watchdog:
 
 class BTEngine:
     name = "bt"
+    kernel_native = False    # guest kernel code runs from the TC, not as is
 
     def __init__(self, machine: Machine, options: EngineOptions) -> None:
         self.m = machine
@@ -154,6 +156,11 @@ class BTEngine:
         self._exit_eip: int | None = None   # guest EIP of the exit being handled
         self._pending_fault: tuple[int, GuestFault | None] | None = None
         self._exit_eip_after_halt = 0
+        # Where the guest stands when the run ended at a point it can resume
+        # from (--timeout, --max-insns, the debugger): (guest PC, halted).
+        self.resume_point: tuple[int, bool] | None = None
+        self.debug: DebugControl | None = None       # a debugger, when one is attached
+        self._wait_for_debugger = False
         # Code below the monitor region runs as is (user code; the kernel under
         # trap-and-emulate): stop points stop it for a preemption request.
         self.stop_points = StopPoints(uc, self.placement.guest_ranges())
@@ -185,34 +192,46 @@ class BTEngine:
         if self.opts.timeout:
             self._deadline = time.monotonic() + self.opts.timeout
         try:
-            eip = self._kernel_eip(entry)
+            eip = self.resume_at(entry)
+            if self.debug is not None and self._wait_for_debugger:
+                self.debug.stop = StopEvent("attach", entry)
             while True:
-                if self._deadline is not None and time.monotonic() >= self._deadline:
-                    return self._result(start, EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s")
-                self._halted = False
-                self.watchdog.arm(self._next_deadline())
-                try:
-                    uc.emu_start(eip, self.tcache.stop_addr)
-                except UcError as e:
-                    return self._result(start, EXIT_MONITOR, f"unicorn stopped: {e}", dump=True)
-                self.watchdog.arm(None)
-                self.faults.reset()      # an exception cut short by the stop must not linger
-                if self._error is not None:
-                    raise self._error
+                debug = self.debug
+                if debug is not None:
+                    eip = debug.dispatch(eip)       # a stop: the debugger has the machine
                 if self._stop is not None:
-                    status, reason = self._stop
-                    return self._result(start, status, reason, dump=status in (EXIT_TRIPLE_FAULT, EXIT_MONITOR))
-                if self._pending_fault is not None:
-                    self._deliver_pending_fault()
-                elif self._halted:
+                    return self._ended(start)
+                if self._deadline is not None and time.monotonic() >= self._deadline:
+                    self.finish_at(EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s", self._position())
+                    return self._ended(start)
+                if self._halted:
                     self._wait_for_interrupt()
                 else:
-                    self._asynchronous_stop()
+                    # A debugger's step runs with no timers (no interrupt comes in
+                    # between); code unicorn runs as is, one instruction.
+                    stepping = debug is not None and debug.step is not None
+                    self.watchdog.arm(None if stepping else self._next_deadline())
+                    try:
+                        uc.emu_start(eip, self.tcache.stop_addr, count=1 if stepping and debug.native_step else 0)
+                    except UcError as e:
+                        return self._result(start, EXIT_MONITOR, f"unicorn stopped: {e}", dump=True)
+                    self.watchdog.arm(None)
+                    self.faults.reset()      # an exception cut short by the stop must not linger
+                    if self._error is not None:
+                        raise self._error
+                    if self._stop is not None:
+                        return self._ended(start)
+                    if debug is not None and debug.after_emulation():
+                        pass                 # a debugger's stop, step or watchpoint hit
+                    elif self._pending_fault is not None:
+                        self._deliver_pending_fault()
+                    elif not self._halted:
+                        self._asynchronous_stop()
                 if self._stop is not None:
-                    status, reason = self._stop
-                    return self._result(start, status, reason, dump=status in (EXIT_TRIPLE_FAULT, EXIT_MONITOR))
+                    return self._ended(start)
                 eip = self.regs.read(X.UC_X86_REG_EIP)
-                if not self.user_mode and not self._kernel_eip_valid(eip):
+                if not self.user_mode and not self._kernel_eip_valid(eip) and (
+                        debug is None or debug.stop is None):
                     return self._result(start, EXIT_MONITOR,
                                         f"emulation stopped outside the TC at {eip:#x}", dump=True)
         finally:
@@ -220,7 +239,107 @@ class BTEngine:
             self.m.devices.uart.flush()
 
     def _result(self, start: float, status: int, reason: str, dump: bool = False) -> RunResult:
+        if self.debug is not None:
+            self.debug.exited(status, reason)
         return RunResult(status, reason, time.perf_counter() - start, self.dump_state() if dump else "")
+
+    def _ended(self, start: float) -> RunResult:
+        status, reason = self._stop
+        return self._result(start, status, reason, dump=status in (EXIT_TRIPLE_FAULT, EXIT_MONITOR))
+
+    def resume_at(self, pc: int) -> int:
+        """Where unicorn goes on for a guest that stands at guest PC `pc` with
+        its registers in place (the start of a run, after a debugger stop or a
+        restore): the privilege level and page-table view brought in line
+        with the vCPU, then `pc` itself or its CCF."""
+        self._sync_mode()
+        if self._halted:
+            self._exit_eip_after_halt = pc
+        if self.user_mode or self.kernel_native:
+            return pc
+        try:
+            return self._kernel_eip(pc)
+        except GuestFault as f:
+            self._deliver(Frame(self.regs), f, pc)
+            return self.regs.read(X.UC_X86_REG_EIP)
+
+    def finish_at(self, status: int, reason: str, pc: int | None) -> None:
+        """End the run at a guest instruction boundary it could resume from."""
+        if self._stop is None and pc is not None:
+            self.resume_point = (pc, self._halted)
+        self._finish(status, reason)
+
+    def _position(self) -> int | None:
+        """The guest PC at a point where unicorn would go on at its current EIP
+        (the run loop between runs, after an emulated instruction or a
+        delivered exception), or None if the EIP names none."""
+        if self._halted:
+            return self._exit_eip_after_halt
+        eip = self.regs.read(X.UC_X86_REG_EIP)
+        if self.user_mode or self.kernel_native:
+            return eip
+        ccf = self.tcache.ccf_at(eip)
+        if ccf is None or eip == ccf.tc_end:
+            return None
+        return self._guest_pc(ccf, eip)[0]
+
+    def _stand_at(self, frame_fixup) -> None:
+        """Give the guest back the registers a check point borrowed."""
+        if frame_fixup is not None:
+            frame = Frame(self.regs)
+            frame_fixup(frame)
+            frame.commit()
+
+    # --- debugging and snapshots (engines/debug.py, bt_vmm/snapshot) ------------
+    def attach_debugger(self, frontend, wait: bool) -> DebugControl:
+        """Make `frontend` the guest's debugger; with `wait`, the guest stops
+        before its first instruction."""
+        self.debug = DebugControl(self, frontend)
+        self._wait_for_debugger = wait
+        return self.debug
+
+    @property
+    def halted(self) -> bool:
+        """The guest waits in hlt for an interrupt."""
+        return self._halted
+
+    def guest_selectors(self) -> dict[str, int]:
+        """The guest's segment registers. CS and SS are the vCPU's (unicorn runs
+        the TC on the monitor's CS, and ring compression changes SS's RPL);
+        DS, ES and FS are unicorn's; GS is virtual while the TC runs."""
+        regs, segs = self.regs, self.vcpu.segs
+        out = {"cs": segs["cs"].selector, "ss": segs["ss"].selector}
+        for name, reg in SEG_REGS:
+            out[name] = regs.read(reg) & 0xFFFF
+        native_gs = self.user_mode or self.kernel_native
+        out["gs"] = regs.read(X.UC_X86_REG_GS) & 0xFFFF if native_gs else segs["gs"].selector
+        return out
+
+    def cpu_state(self) -> dict:
+        """The guest's general, EFLAGS, x87 and SSE registers, for a snapshot
+        taken at a guest instruction boundary."""
+        frame = Frame(self.regs)
+        return {"gprs": frame.r[:8], "eflags": self.vcpu.guest_eflags(frame.eflags),
+                "fpu": self.vcpu.fpu_state()}
+
+    def restore_cpu(self, state: dict, halted: bool) -> None:
+        """The registers of a snapshot (the run then starts at its guest PC)."""
+        frame = Frame(self.regs)
+        frame.r[:8] = state["gprs"]
+        self.vcpu.load_eflags(frame, state["eflags"])
+        frame.commit()
+        self.vcpu.restore_fpu(state["fpu"])
+        self._halted = halted
+
+    def rewind_to_guest(self) -> int:
+        """Unicorn stopped before an instruction (a watchpoint's access): give the
+        guest back what a rewrite sequence borrowed and return the guest PC."""
+        frame = Frame(self.regs)
+        if self.user_mode or self.kernel_native:
+            return frame.eip
+        guest_eip = self._restore_guest_frame(frame)
+        frame.commit()
+        return guest_eip
 
     # The preemption bounds the TC's `bound` checks test: open, they admit any
     # value; closed (lower > upper), none, and the next check raises #BR.
@@ -249,7 +368,12 @@ class BTEngine:
         self._set_preempt(False)
         self.exits["preempt"] += 1
         if self._deadline is not None and time.monotonic() >= self._deadline:
-            self._finish(EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s")
+            self._stand_at(frame_fixup)
+            self.finish_at(EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s", guest_eip)
+            return
+        if self.debug is not None and self.debug.take_interrupt():
+            self._stand_at(frame_fixup)
+            self.debug.stop_at("interrupt", guest_eip)
             return
         if self._interrupt_deliverable():
             frame = Frame(self.regs)
@@ -348,6 +472,9 @@ class BTEngine:
         own, or a stop): hand over a pending preemption there."""
         self._set_preempt(False)
         self.exits["preempt"] += 1
+        if self.debug is not None and self.debug.take_interrupt():
+            self.debug.stop_at("interrupt", self.regs.read(X.UC_X86_REG_EIP))
+            return
         if self._interrupt_deliverable():
             frame = Frame(self.regs)
             self._deliver_interrupt(frame, frame.eip)
@@ -377,7 +504,11 @@ class BTEngine:
         self.m.devices.uart.flush()
         while True:
             if self._interrupt_deliverable():
+                self._halted = False
                 self._deliver_interrupt(Frame(self.regs), self._exit_eip_after_halt)
+                return
+            if self.debug is not None and self.debug.take_interrupt():
+                self.debug.stop_at("interrupt", self._exit_eip_after_halt)
                 return
             now = time.monotonic()
             if self._deadline is not None and now >= self._deadline:
@@ -397,6 +528,8 @@ class BTEngine:
         frame.commit()
         self._sync_mode()
         self._exit_eip = handler
+        if self.debug is not None:
+            self.debug.step_done(handler)    # a step that raised or met an exception ends here
 
     def _capture_user_segments(self, frame: Frame) -> None:
         """User code loads data segments without exits: read them back."""
@@ -618,7 +751,18 @@ class BTEngine:
             if self._interrupt_deliverable():
                 self._deliver_interrupt(Frame(self.regs), c.guest_eip)
         elif kind == "insn-limit":
-            self._finish(EXIT_INSN_LIMIT, f"--max-insns {self.opts.max_insns} reached")
+            self.finish_at(EXIT_INSN_LIMIT, f"--max-insns {self.opts.max_insns} reached", c.guest_eip)
+        elif kind == "breakpoint":
+            self.debug.stop_at("breakpoint", c.guest_eip)
+        elif kind == "step-exit":
+            self.debug.step_done(c.exit.target)
+        elif kind == "step-lookup":
+            # As at a lookup miss: the guest's ECX is in S_ECX, the target in
+            # S_TARGET, AC is set.
+            guest_ecx, target = struct.unpack("<II", self.m.uc.mem_read(R.phys(R.S_ECX), 8))
+            eflags = self.regs.read(X.UC_X86_REG_EFLAGS)
+            self.regs.write_many((X.UC_X86_REG_ECX, X.UC_X86_REG_EFLAGS), (guest_ecx, eflags & ~AC))
+            self.debug.step_done(target)
         else:  # pragma: no cover
             raise AssertionError(kind)
 
@@ -672,6 +816,8 @@ class BTEngine:
                 frame.eip = eip
         frame.commit()
         self._sync_mode()
+        if nxt is not None and self.debug is not None:
+            self.debug.step_done(nxt)        # a stepped iret, far jump, mov cr0, ...
         self._check_timeout()
 
     def _check_timeout(self) -> None:
@@ -680,7 +826,7 @@ class BTEngine:
         at every exception delivery and emulated instruction (found by
         tests/test_hostile_guests.py)."""
         if self._deadline is not None and time.monotonic() >= self._deadline:
-            self._finish(EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s")
+            self.finish_at(EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s", self._position())
 
     def _get_or_fault(self, frame: Frame, pc: int) -> int | None:
         """The unicorn EIP for kernel PC `pc`, or None after delivering the
@@ -714,10 +860,25 @@ class BTEngine:
         else:
             fault = GuestFault(vector, err if vector in ERROR_CODE_VECTORS else None)
         frame = Frame(self.regs)
+        guest_eip = self._restore_guest_frame(frame, f"exception {vector}")
+        if fault is None:
+            self._move_monitor()
+            frame.eip = self._kernel_eip(guest_eip)
+            frame.commit()
+            return
+        if vector == 1:
+            raise Unsupported(f"single-step trap (EFLAGS.TF) at {guest_eip:#x} is not virtualized yet")
+        self._deliver(frame, fault, guest_eip)
+
+    def _restore_guest_frame(self, frame: Frame, what: str = "stop") -> int:
+        """Unicorn stopped on an instruction inside a CCF (a fault, a
+        watchpoint): the guest EIP of the guest instruction it belongs to,
+        with the registers its rewrite sequence borrowed given back in `frame`
+        (state as at that instruction's boundary: SDM vol. 3, 6.5)."""
         tc_eip = frame.eip
         ccf = self.tcache.ccf_at(tc_eip)
         if ccf is None:
-            raise Unsupported(f"exception {vector} at monitor address {tc_eip:#x} outside any CCF")
+            raise Unsupported(f"{what} at monitor address {tc_eip:#x} outside any CCF")
         guest_eip, fixup = self._guest_pc(ccf, tc_eip)
         self._exit_eip = guest_eip
         if fixup == "ecx":
@@ -731,14 +892,7 @@ class BTEngine:
             self.regs.write(X.UC_X86_REG_EFLAGS, frame.eflags | AC)
             self.regs.write(X.UC_X86_REG_GS, R.MON_GS_SEL_VALUE)
         frame.eflags &= ~AC
-        if fault is None:
-            self._move_monitor()
-            frame.eip = self._kernel_eip(guest_eip)
-            frame.commit()
-            return
-        if vector == 1:
-            raise Unsupported(f"single-step trap (EFLAGS.TF) at {guest_eip:#x} is not virtualized yet")
-        self._deliver(frame, fault, guest_eip)
+        return guest_eip
 
     def _user_exception(self, vector: int) -> None:
         """An exception or software interrupt in directly executed user code."""

@@ -24,24 +24,31 @@ import ctypes
 import mmap
 import platform
 
-from unicorn import UC_HOOK_BLOCK
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE
 from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 
 _HOOK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
 
 
-def _native_callback(emu_stop: int) -> tuple[mmap.mmap, int]:
-    """x86-64 System V code for `void cb(uc, address, size, int32_t *flag)`:
-    return unless *flag, else tail-call uc_emu_stop(uc) (uc is still in rdi)."""
-    code = (b"\x8b\x01"                       # mov eax, [rcx]
-            b"\x85\xc0"                       # test eax, eax
-            b"\x75\x01"                       # jnz stop
-            b"\xc3"                           # ret
-            b"\x48\xb8" + emu_stop.to_bytes(8, "little") +   # stop: movabs rax, uc_emu_stop
-            b"\xff\xe0")                      # jmp rax
+def _native_code(code: bytes) -> tuple[mmap.mmap, int]:
     page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     page.write(code)
     return page, ctypes.addressof(ctypes.c_char.from_buffer(page))
+
+
+def _native_callback(emu_stop: int) -> tuple[mmap.mmap, int]:
+    """x86-64 System V code for `void cb(uc, address, size, int32_t *flag)`:
+    return unless *flag, else tail-call uc_emu_stop(uc) (uc is still in rdi)."""
+    return _native_code(b"\x8b\x01"                       # mov eax, [rcx]
+                        b"\x85\xc0"                       # test eax, eax
+                        b"\x75\x01"                       # jnz stop
+                        b"\xc3"                           # ret
+                        b"\x48\xb8" + emu_stop.to_bytes(8, "little") +   # stop: movabs rax, uc_emu_stop
+                        b"\xff\xe0")                      # jmp rax
+
+
+def _on_x86_64() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 class StopPoints:
@@ -53,7 +60,7 @@ class StopPoints:
         self._uc = uc
         self.flag = ctypes.c_int32(0)
         self._keep: object
-        if platform.machine().lower() in ("x86_64", "amd64"):
+        if _on_x86_64():
             self._keep, addr = _native_callback(ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
             callback = ctypes.c_void_p(addr)
         else:
@@ -88,3 +95,32 @@ class StopPoints:
 
     def clear(self) -> None:
         self.flag.value = 0
+
+
+class ExactEip:
+    """A code hook on every instruction that does nothing, natively: unicorn
+    then writes EIP back before each instruction. Without one, EIP inside a
+    memory hook (and after emu_stop there) is only as recent as the last
+    instruction unicorn happened to sync it for -- often the block's start,
+    with the block's earlier instructions already done (measured here on the
+    test OS). The debugger keeps one installed while watchpoints are set
+    (engines/debug.py); it costs a native call per instruction."""
+
+    def __init__(self, uc) -> None:
+        self._uc = uc
+        if _on_x86_64():
+            self._keep, addr = _native_code(b"\xc3")            # ret
+            callback = ctypes.c_void_p(addr)
+        else:
+            self._keep = _HOOK_CB(lambda uch, _address, _size, _ud: None)
+            callback = ctypes.cast(self._keep, ctypes.c_void_p)
+        self._hook = uc_hook_h()
+        err = uclib.uc_hook_add(uc._uch, ctypes.byref(self._hook), UC_HOOK_CODE, callback, None,
+                                ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if err:
+            raise RuntimeError(f"uc_hook_add (exact EIP) failed: {err}")
+        uc.ctl_flush_tb()          # compiled blocks lack the hook (unicorn #2200)
+
+    def remove(self) -> None:
+        uclib.uc_hook_del(self._uc._uch, self._hook)
+        self._uc.ctl_flush_tb()

@@ -58,6 +58,7 @@ TRAP_VECTORS = {13, 11}
 
 class TrapEngine(BTEngine):
     name = "trap"
+    kernel_native = True
 
     def __init__(self, machine: Machine, options: EngineOptions, audit: bool = False) -> None:
         if options.check:
@@ -78,7 +79,8 @@ class TrapEngine(BTEngine):
         for seg in v.segs.values():
             if seg.selector & 0xFFFC and not seg.selector & 4:
                 v._shadow_put(seg.selector >> 3, seg.desc.pack())
-        self._kernel_segments()
+        if v.cpl == 0:               # (a guest restored in user mode enters it when the run starts)
+            self._kernel_segments()
 
     # --- where guest kernel code runs: natively, at ring 1 ----------------------
     def _kernel_eip(self, pc: int) -> int:
