@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 
@@ -104,8 +103,11 @@ def save(path: str, machine, engine, ident: Identity, pc: int, halted: bool) -> 
         "devices": machine.devices_state(),
         "clock": machine.clock.state(),
     }
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".snapshot-", dir=directory)
+    # Written beside the destination and renamed over it: an existing file is
+    # never left half-written. (Created like any file: the umask applies.)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
             z.writestr("snapshot.json", json.dumps(doc, indent=1))
