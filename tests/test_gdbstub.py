@@ -51,7 +51,8 @@ def test_target_description_numbers_the_i386_registers_as_gdb_does():
     names = [name for _, name, _ in regs]
     assert names[:16] == ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi", "eip", "eflags",
                           "cs", "ss", "ds", "es", "fs", "gs"]
-    assert names[16:24] == [f"st{i}" for i in range(8)] and names[32:] == [f"xmm{i}" for i in range(8)] + ["mxcsr"]
+    assert names[16:24] == [f"st{i}" for i in range(8)]
+    assert names[32:] == [f"xmm{i}" for i in range(8)] + ["mxcsr"]
     # the g packet is every register in that order: 16 x 4 + 8 x 10 + 8 x 4 + 8 x 16 + 4 bytes
     assert sum(bits for _, _, bits in regs) // 8 == 308
 

@@ -64,7 +64,8 @@ def test_empty_spec_and_unknown_option(tmp_path: Path) -> None:
     make_image(path)
     with pytest.raises(BadInput) as info:
         open_disk(f"{path},rw")
-    assert str(info.value) == f"--disk: unknown option 'rw' in '{path},rw' (expected PATH, PATH,ro or PATH,overlay)"
+    assert str(info.value) == (f"--disk: unknown option 'rw' in '{path},rw' "
+                               "(expected PATH, PATH,ro or PATH,overlay)")
 
 
 def test_comma_in_a_file_name(tmp_path: Path) -> None:
@@ -250,3 +251,24 @@ def test_permission_messages_without_being_root(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(BadInput) as info:
         open_disk(f"{path},ro")
     assert str(info.value) == f"--disk: cannot use {path}: not readable (permission denied)"
+
+
+# --- Overlay disks: writes stay in memory, the image never changes. ---
+
+
+def test_overlay_reads_through_keeps_writes_and_leaves_the_image(tmp_path: Path) -> None:
+    path = tmp_path / "base.img"
+    data = make_image(path)
+    before = snapshot(path)
+    disk = open_disk(f"{path},overlay")
+    assert disk.overlay and not disk.read_only and disk.sectors == 16
+    new = bytes([0xA5]) * SECTOR_SIZE
+    disk.write(3, new)
+    assert disk.read(2, 3) == data[2 * SECTOR_SIZE:3 * SECTOR_SIZE] + new + data[4 * SECTOR_SIZE:5 * SECTOR_SIZE]
+    assert set(disk.written) == {3}
+    disk.flush()
+    with pytest.raises(ValueError):
+        disk.write(16, new)                        # past the end: refused, nothing kept
+    assert set(disk.written) == {3}
+    disk.close()
+    assert snapshot(path) == before

@@ -232,18 +232,28 @@ def test_restore_refuses_another_memory_size_or_engine(testos, early_snapshot):
                       "--engine bt")
 
 
-def test_restore_refuses_another_format_version(testos, early_snapshot, tmp_path):
-    newer = tmp_path / "newer.snap"
-    with zipfile.ZipFile(early_snapshot) as src, zipfile.ZipFile(newer, "w") as dst:
+def _edited(original, path, edit):
+    """A copy of the snapshot `original` with its snapshot.json changed by `edit`."""
+    with zipfile.ZipFile(original) as src, zipfile.ZipFile(path, "w") as dst:
         for item in src.infolist():
             data = src.read(item)
             if item.filename == "snapshot.json":
                 doc = json.loads(data)
-                doc["version"] = snapshot.VERSION + 1
+                edit(doc)
                 data = json.dumps(doc).encode()
             dst.writestr(item, data)
-    _one_line_refusal(run_cli("run", testos, "--restore", str(newer)),
+    return str(path)
+
+
+def test_restore_refuses_another_format_version(testos, early_snapshot, tmp_path):
+    newer = _edited(early_snapshot, tmp_path / "newer.snap", lambda d: d.update(version=snapshot.VERSION + 1))
+    _one_line_refusal(run_cli("run", testos, "--restore", newer),
                       f"format version {snapshot.VERSION + 1}", f"reads version {snapshot.VERSION}")
+
+
+def test_restore_refuses_a_corrupt_snapshot(testos, early_snapshot, tmp_path):
+    broken = _edited(early_snapshot, tmp_path / "broken.snap", lambda d: d["identity"].pop("engine"))
+    _one_line_refusal(run_cli("run", testos, "--restore", broken), "corrupt snapshot")
 
 
 @pytest.mark.parametrize("content", [b"", b"not a zip at all", b"PK\x03\x04garbage"])

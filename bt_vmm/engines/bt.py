@@ -212,7 +212,8 @@ class BTEngine:
                     stepping = debug is not None and debug.step is not None
                     self.watchdog.arm(None if stepping else self._next_deadline())
                     try:
-                        uc.emu_start(eip, self.tcache.stop_addr, count=1 if stepping and debug.native_step else 0)
+                        count = 1 if stepping and debug.native_step else 0
+                        uc.emu_start(eip, self.tcache.stop_addr, count=count)
                     except UcError as e:
                         return self._result(start, EXIT_MONITOR, f"unicorn stopped: {e}", dump=True)
                     self.watchdog.arm(None)

@@ -59,7 +59,6 @@ from bt_vmm.vcpu.regs import GPR_NAMES
 
 WATCH_HOOKS = {"write": UC_HOOK_MEM_WRITE, "read": UC_HOOK_MEM_READ,
                "access": UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE}
-SEGMENT_NAMES = ("cs", "ss", "ds", "es", "fs", "gs")
 
 
 class DebugError(Exception):
@@ -350,7 +349,8 @@ class DebugControl:
         if addr in self.breakpoints:
             return
         uc = self.e.m.uc
-        self.breakpoints[addr] = uc.hook_add(UC_HOOK_CODE, self._on_native_breakpoint, begin=addr, end=addr)
+        self.breakpoints[addr] = uc.hook_add(UC_HOOK_CODE, self._on_native_breakpoint,
+                                             begin=addr, end=addr)
         uc.ctl_flush_tb()
         self.e.tcache.breakpoints.add(addr)
         self.e.tcache.breakpoint_changed(addr)

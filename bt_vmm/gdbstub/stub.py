@@ -59,6 +59,7 @@ class GdbStub:
         with self._connected:
             self._reader = PacketReader()
             self._acks = True
+            self._running = False              # it has resumed nothing yet: it asks with `?`
             self._send = send
             self._inbox = queue.Queue()
             self._connected.notify_all()
@@ -221,7 +222,7 @@ class GdbStub:
     def _query(self, text: str) -> None:
         if text.startswith("qSupported"):
             self._reply(f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;swbreak+;hwbreak+;"
-                        "QStartNoAckMode+;vContSupported+")
+                        "QStartNoAckMode+")
         elif text == "QStartNoAckMode":
             self._reply("OK")
             self._acks = False
@@ -281,10 +282,11 @@ class GdbStub:
         if text == "vCont?":
             self._reply("vCont;c;C;s;S")
             return None
-        actions = text[len("vCont;"):].split(";")
-        for action in actions:
+        # One thread: the first action that applies to it (no thread id, all
+        # threads, thread 1) decides; signals are not delivered.
+        for action in text[len("vCont;"):].split(";"):
             verb, _, thread = action.partition(":")
-            if thread in ("", "-1", "1", "p1.1", "p1.-1"):
+            if verb[:1] in ("c", "C", "s", "S") and thread in ("", "-1", "1", "p1.1", "p1.-1"):
                 return "step" if verb[:1] in "sS" else "continue"
         self._reply("E01")
         return None

@@ -60,8 +60,8 @@ class Identity:
 
 
 def identity(kernel_name: str, kernel: bytes, mem_size: int, engine: str, disks) -> Identity:
-    return Identity(os.path.basename(kernel_name), hashlib.sha256(kernel).hexdigest(), mem_size, engine,
-                    [_disk_identity(d) for d in disks])
+    return Identity(os.path.basename(kernel_name), hashlib.sha256(kernel).hexdigest(), mem_size,
+                    engine, [_disk_identity(d) for d in disks])
 
 
 def _disk_identity(disk) -> dict:
@@ -156,10 +156,17 @@ class Snapshot:
             raise BadInput(f"--restore: {path}: snapshot format version {doc.get('version')}, "
                            f"this bt-vmm reads version {VERSION}")
         self.doc = doc
-        ident = doc["identity"]
-        self.mem_size: int = ident["mem_size"]
-        self.pc: int = doc["position"]["pc"]
-        self.halted: bool = doc["position"]["halted"]
+        try:
+            ident = doc["identity"]
+            for key in ("kernel", "kernel_sha256", "mem_size", "engine", "disks"):
+                ident[key]
+            for key in ("cpu", "vcpu", "devices", "clock"):
+                doc[key]
+            self.mem_size: int = int(ident["mem_size"])
+            self.pc: int = int(doc["position"]["pc"])
+            self.halted: bool = bool(doc["position"]["halted"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadInput(f"--restore: {path}: corrupt snapshot (missing or bad {e})") from None
 
     def check(self, ident: Identity) -> None:
         """The run restoring it must bring what it was taken with."""
