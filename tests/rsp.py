@@ -1,5 +1,5 @@
-"""A small gdb remote-protocol client for the stub's tests, and a way to start
-`bt-vmm run --gdb` on a free port and find out which."""
+"""A small gdb remote-protocol client for the stub's tests, a way to start
+`bt-vmm run --gdb` on a free port and find out which, and guest symbols."""
 
 from __future__ import annotations
 
@@ -64,6 +64,13 @@ class RspClient:
 
     def mem(self, addr: int, n: int) -> bytes:
         return bytes.fromhex(self.cmd(f"m{addr:x},{n:x}"))
+
+
+def guest_symbols(elf) -> dict[str, int]:
+    """A guest's symbols (guests/build/NAME.sym.elf), by name, from binutils' nm."""
+    out = subprocess.run(["nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    return {parts[2]: int(parts[0], 16) for parts in (line.split() for line in out.splitlines())
+            if len(parts) == 3}
 
 
 @contextlib.contextmanager

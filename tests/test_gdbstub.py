@@ -18,7 +18,7 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from bt_vmm.errors import EXIT_BAD_INPUT, EXIT_DEBUGGER
 from bt_vmm.gdbstub import registers as R
 from bt_vmm.gdbstub.packets import INTERRUPT, Packet, PacketReader, checksum, frame, unescape
-from rsp import RspClient, debugged, wait_exit
+from rsp import RspClient, debugged, guest_symbols, wait_exit
 from test_guests import run_cli
 
 
@@ -58,12 +58,6 @@ def test_target_description_numbers_the_i386_registers_as_gdb_does():
 
 
 # --- sessions with the test OS over the protocol --------------------------------------------
-def _symbols(elf) -> dict[str, int]:
-    out = subprocess.run(["nm", str(elf)], capture_output=True, text=True, check=True).stdout
-    return {parts[2]: int(parts[0], 16) for parts in (line.split() for line in out.splitlines())
-            if len(parts) == 3}
-
-
 @pytest.fixture(scope="module")
 def testos(built_guests):
     return str(built_guests / "testos.elf")
@@ -71,12 +65,12 @@ def testos(built_guests):
 
 @pytest.fixture(scope="module")
 def kernel_syms(built_guests):
-    return _symbols(built_guests / "testos.sym.elf")
+    return guest_symbols(built_guests / "testos.sym.elf")
 
 
 @pytest.fixture(scope="module")
 def user_syms(built_guests):
-    return _symbols(built_guests / "testos" / "user.sym.elf")
+    return guest_symbols(built_guests / "testos" / "user.sym.elf")
 
 
 def _stop_pc(c: RspClient) -> int:

@@ -20,6 +20,7 @@ from bt_vmm.errors import EXIT_BAD_INPUT, EXIT_INSN_LIMIT, EXIT_OK, EXIT_TIMEOUT
 from bt_vmm.hosted.console import SerialSink
 from bt_vmm.loaders import load_multiboot
 from bt_vmm.machine.pc import Machine
+from rsp import RspClient, debugged, guest_symbols, wait_exit
 from test_guests import run_cli
 
 # Lines the test OS prints whose content follows the host clock: ticks, the
@@ -71,6 +72,26 @@ def test_restored_test_os_prints_the_rest_of_the_uninterrupted_run(testos, unint
     after = second.stdout
     assert "ok   forkwait" in after                                        # plenty left to do
     assert _untimed(before + after) == _untimed(uninterrupted(engine))
+
+
+def test_snapshot_taken_from_gdb_in_a_user_process(testos, built_guests, uninterrupted, tmp_path):
+    """gdb's `monitor snapshot` at a breakpoint in ring-3 code: the restored
+    run goes on in that process and prints the rest of the run."""
+    report = guest_symbols(built_guests / "testos" / "user.sym.elf")["report"]
+    serial, snap = tmp_path / "serial.txt", tmp_path / "user.snap"
+    with debugged(testos, "--serial", f"file:{serial}") as (proc, port):
+        c = RspClient(port)
+        assert c.cmd(f"Z0,{report:x},1") == "OK"
+        for _ in range(3):                                   # the third report(): demand_heap
+            assert c.cmd("c").startswith("T05")
+        assert c.monitor(f"snapshot {snap}").startswith(f"snapshot written to {snap}")
+        c.send("k")
+        wait_exit(proc)
+    restored = run_cli("run", testos, "--restore", str(snap), "--timeout", "100")
+    assert restored.returncode == 0, restored.stderr
+    doc = json.loads(zipfile.ZipFile(snap).read("snapshot.json"))
+    assert doc["vcpu"]["cpl"] == 3 and doc["position"]["pc"] == report
+    assert _untimed(serial.read_text() + restored.stdout) == _untimed(uninterrupted("bt"))
 
 
 def test_a_restored_run_can_be_saved_and_restored_again(testos, tmp_path):
