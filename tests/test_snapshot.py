@@ -117,12 +117,12 @@ HALTING = f"""
     mov dword ptr [0xFEE000F0], 0x1FF       /* local APIC on */
     mov dword ptr [0xFEE003E0], 0x3         /* divide by 16 */
     mov dword ptr [0xFEE00320], 0x20040     /* periodic, vector 0x40 */
-    mov dword ptr [0xFEE00380], 1250000     /* 100 MHz / 16 / 1250000: every 200 ms */
+    mov dword ptr [0xFEE00380], 3125000     /* 100 MHz / 16 / 3125000: every 500 ms */
     xor esi, esi
     sti
 wait:
     hlt
-    cmp esi, 3
+    cmp esi, 2
     jb wait
     cli
     mov [{DATA}], esi
@@ -160,7 +160,7 @@ def test_a_halted_guest_restores_halted_and_its_timer_wakes_it(tmp_path):
     ident = snapshot.identity("halt.bin", image, 16 << 20, "bt", [])
     front = _SnapshotWhenHalted(path, machine, engine, ident)
     control = engine.attach_debugger(front, wait=False)
-    threading.Timer(0.1, control.interrupt).start()     # the first timer interrupt is due at 200 ms
+    threading.Timer(0.15, control.interrupt).start()    # the first timer interrupt is due at 500 ms
     result = engine.run(boot.entry)
     assert front.halted is True
     assert read_u32(engine, DATA) == 0                    # it had not finished
@@ -174,8 +174,8 @@ def test_a_halted_guest_restores_halted_and_its_timer_wakes_it(tmp_path):
     snap.restore_engine(engine2)
     result = engine2.run(snap.pc)
     assert result.status == EXIT_OK, result
-    assert read_u32(engine2, DATA) == 3
-    assert engine2.vectors[0x40] == 3                      # every wake-up came after the restore
+    assert read_u32(engine2, DATA) == 2
+    assert engine2.vectors[0x40] == 2                      # every wake-up came after the restore
 
 
 def test_device_states_survive_json(tmp_path):

@@ -3,7 +3,8 @@
 Exit statuses: 0 clean power-off or final hlt; (V << 1) | 1 when the guest
 writes V to the debug-exit port; 2 bad command line or image; 4 guest triple
 fault; 6 the guest used something the monitor does not virtualize (or a
-monitor error); 8 --max-insns reached; 124 --timeout reached.
+monitor error); 8 --max-insns reached; 10 the guest asked for a reset; 16 the
+debugger ended the run (gdb's kill); 124 --timeout reached.
 """
 
 from __future__ import annotations
