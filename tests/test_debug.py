@@ -3,7 +3,7 @@ steps through every kind of rewritten instruction land on the guest
 instruction the CPU would run next, under BT (one-instruction CCFs) and
 trap-and-emulate (unicorn runs one instruction); breakpoints take effect in
 code already translated; watchpoints report each access once, after it, with
-the guest's own state."""
+the guest's own state; a step survives the monitor region moving."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from bt_vmm.engines.trap import TrapEngine
 from bt_vmm.errors import EXIT_OK
 from bt_vmm.hosted.console import SerialSink
 from bt_vmm.loaders import load_multiboot
+from bt_vmm.machine.layout import MON_BASE
 from bt_vmm.machine.pc import Machine
 
-# One instruction per line; `#N` names the line for the expected trace.
+# One instruction per line; the comments number them for TRACE.
 STEPPED = [
     "mov eax, 5",                 # 0
     "cli",                        # 1
@@ -247,3 +248,33 @@ def test_interrupt_stops_a_spinning_guest_and_detach_lets_it_finish():
     assert result.status == EXIT_OK
     assert [e.reason for e in front.stops] == ["interrupt"]
     assert read_u32(engine, DATA) > 0
+
+
+@pytest.mark.parametrize("engine_cls", [BTEngine, TrapEngine], ids=["bt", "trap"])
+def test_a_step_over_an_instruction_that_makes_the_monitor_region_move(engine_cls):
+    """Paging off, the guest reads the region's linear range: the monitor moves
+    out of the way (the TC, step CCF included, is rebuilt) and the step ends
+    after that instruction, not before or beyond it."""
+    asm = f"""
+        mov dword ptr [{DATA}], 0
+        mov eax, [{MON_BASE + 0x10}]
+        mov [{DATA}], eax
+        mov al, 1
+        out 0xf4, al
+    fault_handler:
+        hlt
+    """
+    insns = _insns(asm)
+    touch, after = insns[1].address, insns[2].address
+
+    def script(front, event):
+        if event.reason == "attach":
+            front.control.insert_breakpoint(touch)
+            return "continue"
+        return "step" if event.reason == "breakpoint" else "continue"
+
+    result, engine, front = _run(asm, script, engine_cls)
+    assert result.status == 3, result
+    assert [(e.reason, e.pc) for e in front.stops[1:]] == [("breakpoint", touch), ("step", after)]
+    assert engine.exits["monitor-moved"] == 1 and engine.placement.base != MON_BASE
+    assert read_u32(engine, DATA) == 0xFFFFFFFF            # open bus, as without a debugger

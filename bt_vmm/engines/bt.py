@@ -864,7 +864,10 @@ class BTEngine:
         guest_eip = self._restore_guest_frame(frame, f"exception {vector}")
         if fault is None:
             self._move_monitor()
-            frame.eip = self._kernel_eip(guest_eip)
+            stepping = self.debug is not None and self.debug.step is not None
+            # (the move rebuilt the TC: a debugger's step CCF too)
+            frame.eip = (self.tcache.translate_step(guest_eip).body if stepping
+                         else self._kernel_eip(guest_eip))
             frame.commit()
             return
         if vector == 1:

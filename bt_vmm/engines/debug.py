@@ -19,10 +19,10 @@ memory: breakpoints and steps are made of the monitor's own code.
 * Single steps. In the TC: a CCF of the one instruction (tcache.translate_step)
   whose exits, ret and indirect branches are all callouts that stop. Code run
   as is: unicorn runs one instruction (a count-limited emu_start), again if a
-  hidden page fault made it start over. Either way, an exception or
-  interrupt delivered during the step, or an emulated instruction that picks
-  the next PC, ends it at the guest PC it leads to (a handler's first
-  instruction, an iret's target). No interrupt is delivered during a step
+  hidden page fault or a move of the monitor region made it start over.
+  Either way, an exception or interrupt delivered during the step, or an
+  emulated instruction that picks the next PC, ends it at the guest PC it
+  leads to (a handler's first instruction, an iret's target). No interrupt is delivered during a step
   unless the instruction waits for one (hlt). Resuming from a breakpoint
   address steps over it first.
 * Watchpoints (hardware style, any number, any length). A memory hook on the
@@ -84,7 +84,7 @@ class _Step:
     start: int                   # guest PC it started from
     report: bool                 # False: over a breakpoint, before continuing
     native: bool                 # unicorn runs one instruction (code run as is)
-    hidden_faults: int = 0       # (native) the engine's count when it started
+    restarts: int = 0            # (native) the engine's count of restarted instructions
     watch: WatchHit | None = None
 
 
@@ -193,8 +193,8 @@ class DebugControl:
         if st is None or not st.native or e._pending_fault is not None:
             return False
         eip = e.regs.read(X.UC_X86_REG_EIP)
-        if eip == st.start and e.exits["hidden-fault"] != st.hidden_faults:
-            st.hidden_faults = e.exits["hidden-fault"]     # filled a shadow entry: run it again
+        if eip == st.start and _restarts(e) != st.restarts:
+            st.restarts = _restarts(e)     # a shadow entry filled, the region moved: run it again
             self._next_eip = eip
             return True
         self.step_done(eip)
@@ -249,7 +249,7 @@ class DebugControl:
         e = self.e
         e._set_preempt(False)
         native = e.user_mode or e.kernel_native
-        self.step = _Step(pc, report, native and not e._halted, e.exits["hidden-fault"])
+        self.step = _Step(pc, report, native and not e._halted, _restarts(e))
         if native and not e._halted:
             e.m.uc.ctl_flush_tb()          # unicorn's instruction count is a hook (unicorn #2200)
         if e._halted or native:
@@ -391,3 +391,9 @@ class DebugControl:
         else:
             uc.ctl_flush_tb()
 
+
+
+def _restarts(engine) -> int:
+    """Instructions the engine made start over: a hidden page fault filled, or
+    the monitor region moved out of the guest's way."""
+    return engine.exits["hidden-fault"] + engine.exits["monitor-moved"]
