@@ -20,7 +20,8 @@ The file is a zip archive (`unzip -l` lists it):
                     records of a 64-bit little-endian LBA and the 512-byte sector
 
 Not in it: what the monitor rebuilds as the guest runs (the TC, shadow page
-tables, traces), statistics, and host input the guest had not read.
+tables, traces, where the monitor region sits: it moves out of the guest's
+way again if need be), statistics, and host input the guest had not read.
 
 Disks. A snapshot must pair with the disks' contents, so it is only taken
 with disks attached `,ro` (never written) or `,overlay` (written in memory;
