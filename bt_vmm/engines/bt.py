@@ -218,6 +218,8 @@ class BTEngine:
                         return self._result(start, EXIT_MONITOR, f"unicorn stopped: {e}", dump=True)
                     self.watchdog.arm(None)
                     self.faults.reset()      # an exception cut short by the stop must not linger
+                    self.traces.collect()
+                    self.mmu.settle()
                     if self._error is not None:
                         raise self._error
                     if self._stop is not None:
@@ -574,6 +576,7 @@ class BTEngine:
     # --- hooks ----------------------------------------------------------------------
     def _guarded(self, fn, *args):
         try:
+            self.mmu.settle()
             return fn(*args)
         except GuestExit as e:
             self._finish(e.status, e.reason)

@@ -118,6 +118,8 @@ class ShadowMMU:
         self.by_gpt: dict[int, ShadowPT] = {}
         self.by_gpd: dict[int, Space] = {}
         self.stats: Counter[str] = Counter()
+        self.flush_pending = False
+        self._remaps: list[tuple[int, int]] = []      # deferred by traced writes
         # Under binary translation the guest kernel never executes guest pages
         # (the TC does): its view is execute-disable at the directory level.
         self._kernel_nx = NX
@@ -169,7 +171,23 @@ class ShadowMMU:
         return self._peek(at), self._peek(at + 8)
 
     def _flush_tlb(self) -> None:
+        """Drop unicorn's TLB. Not from inside a memory-write hook, where the
+        store being made still uses its TLB entry: there (a guest PTE write)
+        the flush waits for the next exit (`settle`). The architecture allows
+        that: a CPU may use a translation it cached until INVLPG or a CR3 load
+        (SDM vol. 3, 4.10.4), both of which exit."""
+        if self._traces.in_hook:
+            self.flush_pending = True
+            return
+        self.flush_pending = False
         self._uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def settle(self) -> None:
+        """At an exit: carry out what a traced write deferred."""
+        while self._remaps:
+            self.on_remap(*self._remaps.pop())
+        if self.flush_pending:
+            self._flush_tlb()
 
     # --- the guest's paging state ---------------------------------------------
     def configure(self, paging: bool, cr3: int, wp: bool, pse: bool) -> None:
@@ -482,6 +500,16 @@ class ShadowMMU:
         self.stats["exec-faults" if fetch else "hidden-faults"] += 1
 
     # --- keeping shadows coherent ------------------------------------------------
+    protects = False    # a trace owner whose pages stay writable (shadow_mmu/traces.py)
+
+    def _remapped(self, linear: int, size: int) -> None:
+        """Tell the TC a mapping changed; from inside a write hook, at the next
+        exit (the TC's invalidation touches unicorn's TLB)."""
+        if self._traces.in_hook:
+            self._remaps.append((linear, size))
+        else:
+            self.on_remap(linear, size)
+
     def traced_write(self, phys: int, size: int) -> None:
         """The guest (or the monitor) writes a page holding a guest PD or PT."""
         page = phys & ~0xFFF
@@ -490,7 +518,7 @@ class ShadowMMU:
         space = self.by_gpd.get(page)
         if space is not None and space is self.space:
             for index in range(first, last + 1):
-                self.on_remap(index << 22, BIG)
+                self._remapped(index << 22, BIG)
         if space is not None:
             for index in range(first, last + 1):
                 if index in space.pts:
@@ -501,7 +529,7 @@ class ShadowMMU:
             for index in range(first, last + 1):
                 for user_space, pde_index in pt.users:
                     if user_space is self.space:
-                        self.on_remap((pde_index << 22) | (index << 12), PAGE_SIZE)
+                        self._remapped((pde_index << 22) | (index << 12), PAGE_SIZE)
                 if self._get(pt, index):
                     self._set(pt, index, 0)
                     touched = True

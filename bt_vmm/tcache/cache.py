@@ -295,6 +295,8 @@ class TCache:
             self._uc.ctl_remove_cache(lo, hi)
 
     # --- invalidation ---------------------------------------------------------
+    protects = True     # a trace owner whose pages are write-protected (shadow_mmu/traces.py)
+
     def traced_write(self, phys: int, size: int) -> None:
         """A store to [phys, phys+size) hit a page holding translated code: drop
         every CCF whose guest bytes it overlaps."""
