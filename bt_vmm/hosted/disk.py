@@ -5,12 +5,13 @@ sector N is bytes 512*N .. 512*N+511 of the file, with no header and no holes
 the guest cannot see. Its size must be a non-zero multiple of 512 bytes; the
 disk has exactly that many sectors and never grows or shrinks.
 
-Transfers. A drive moves data through its data buffer (`buffer`, up to
-DRIVE_BUFFER_SECTORS sectors): `read_to_buffer` fills it from the image,
-`write_from_buffer` stores from it. With the host world in its own process the
-buffer is in the memory the two worlds share (shared_memory.py), so the host
-world preads and pwrites it in place and a world switch carries only the
-disk, the LBA, the count and the buffer's offset.
+Transfers. A drive moves data through its data buffer: `read_into` and
+`write_from` move sectors between the image and any buffer, in place
+(`preadv`, `pwrite`). With the host world in its own process the drive's
+buffer is in the memory the two worlds share (shared_memory.py), so a world
+switch carries only the disk, the LBA, the count and the buffer's offset; with
+--hosted inproc the device uses `buffer` here (`read_to_buffer`,
+`write_from_buffer`).
 
 Durability. Writes go straight to the file with `os.pwrite` on a descriptor
 opened O_RDWR; nothing is buffered in this process. The IDE device stores a
@@ -52,19 +53,20 @@ OVERLAY_OPTION = "overlay"
 class DiskImage:
     """A raw disk image file, addressed in 512-byte sectors."""
 
-    def __init__(self, path: str, read_only: bool = False, buffer: memoryview | None = None) -> None:
+    def __init__(self, path: str, read_only: bool = False) -> None:
         self.path = path
         self.read_only = read_only
         self._fd: int | None = None
-        # The drive's data buffer: private here, shared memory when the host
-        # world serves a VMM world in another process.
-        self.buffer = buffer if buffer is not None else memoryview(bytearray(DRIVE_BUFFER_BYTES))
-        self.host_errors = 0  # reads and writes the host refused part way (see read_into)
+        # The drive's data buffer when the device uses the image directly
+        # (--hosted inproc); across worlds the device's buffer is in shared
+        # memory and the host world calls read_into/write_from on it.
+        self.buffer = memoryview(bytearray(DRIVE_BUFFER_BYTES))
 
         # Counters.
         self.sectors_read = 0  # sectors returned by read()
         self.sectors_written = 0  # sectors stored by write()
         self.flushes = 0  # fsyncs: FLUSH CACHE from the guest, and close()
+        self.host_errors = 0  # reads and writes the host failed part way (read_into, write_from)
 
         self._fd, size = _open_image(path, read_only)
         self.size = size  # bytes

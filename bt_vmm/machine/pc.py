@@ -39,7 +39,7 @@ import mmap
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc
 from unicorn import x86_const as X
@@ -60,6 +60,7 @@ from bt_vmm.devices.port92 import Port92
 from bt_vmm.devices.rtc import Rtc
 from bt_vmm.devices.uart16550 import Uart16550
 from bt_vmm.errors import EXIT_RESET, GuestExit
+from bt_vmm.hosted.alarm import Alarm
 from bt_vmm.hosted.console import ConsoleInput, SerialSink
 from bt_vmm.hosted.shared_memory import SharedMemory
 from bt_vmm.loaders import BootImage
@@ -119,7 +120,7 @@ class Machine:
         self.ram = self.memory.ram
         self._ram_ptr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
         uc.mem_map_ptr(0, mem_size, UC_PROT_ALL, self._ram_ptr)
-        # The monitor region is host memory too: the timer thread raises the
+        # The monitor region is host memory too: the alarm's thread raises the
         # TC's preemption flag with a plain store, no unicorn call.
         self.mon = mmap.mmap(-1, MON_SIZE)
         uc.mem_map_ptr(MON_BASE, MON_SIZE, UC_PROT_ALL,
@@ -141,6 +142,10 @@ class Machine:
         self.vcpu.invlpg = self.mmu.invlpg
         self.host_event = threading.Event()
         self.on_host_input = lambda: None        # the engine's wake-up for running emulation
+        # The alarm the engine arms with the next timer deadline: a thread here,
+        # or the host world's when it is its own process (hosted/alarm.py).
+        self.make_alarm: Callable[[Callable[[], None]], Alarm] = Alarm
+        self.world_switch = None    # the VMM world's crossings to the host world (switch.py), if any
         self.console_input: ConsoleInput | None = None
         self._build_devices(disks)
 
@@ -249,9 +254,9 @@ class Machine:
             self.on_host_input()
         self.console_input = ConsoleInput(fd, arrived)
 
-    def wait_for_event(self, timeout: float | None) -> None:
-        """Sleep while the guest halts, until `timeout` or host input arrives."""
-        self.host_event.wait(timeout)
+    def wait_for_event(self) -> None:
+        """Sleep while the guest halts, until the alarm or host input wakes it."""
+        self.host_event.wait()
         self.host_event.clear()
 
     def close(self) -> None:
