@@ -365,3 +365,27 @@ def test_stats_show_world_switches_by_reason_with_their_cost(tmp_path):
     assert all(float(median) > 0 and float(p99) >= float(median) for _, median, p99, _ in rows.values())
     assert re.search(r"│ world switches +│ +[\d,]+ │", proc.stderr)
     assert re.search(r"│   alarm +│ +[\d,]+ │", proc.stderr)        # host events: the alarm firing
+
+
+def test_debugging_options_keep_one_process_and_refuse_two(tmp_path):
+    """--gdb, --restore and --snapshot-on-exit use files and a socket that do
+    not cross the world switch yet: they run with --hosted inproc, and ask
+    for --hosted process in vain (one line, status 2)."""
+    snap = tmp_path / "t.snap"
+    proc = subprocess.run(_cmd("--guest", "hello", "--snapshot-on-exit", str(snap), "--hosted", "process"),
+                          env=_env(), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("bt-vmm: --snapshot-on-exit runs with --hosted inproc (the debugger's "
+                                   "socket and snapshot files do not go through the world switch yet)")
+    proc = subprocess.Popen(_cmd("--guest", "testos", "--timeout", "2", "--snapshot-on-exit", str(snap),
+                                 "--serial", "none"), env=_env(), stdin=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    children = set()
+    while proc.poll() is None:
+        try:
+            children.update(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    assert proc.returncode == 124 and not children
+    assert f"snapshot written to {snap}" in proc.stderr.read() and snap.exists()
