@@ -12,8 +12,11 @@ EXIT_TRIPLE_FAULT = 4  # the guest triple-faulted (a real CPU would reset)
 EXIT_MONITOR = 6       # the guest did something this monitor does not virtualize
 EXIT_INSN_LIMIT = 8    # --max-insns reached
 EXIT_RESET = 10        # the guest asked for a reset (keyboard controller, port 0x92)
+EXIT_HOST_LOST = 12    # the host world died: the VMM world stopped the guest
+EXIT_VMM_LOST = 14     # the VMM world died: the host world closed the disks and the terminal
 EXIT_DEBUGGER = 16     # the debugger ended the run (gdb `kill`)
 EXIT_TIMEOUT = 124     # --timeout reached (the status coreutils' timeout uses)
+EXIT_INTERRUPTED = 130 # Ctrl-C (SIGINT) or SIGTERM at the host world: the guest was stopped
 
 
 class BtVmmError(Exception):

@@ -1,8 +1,9 @@
 """Run statistics: one dictionary, printed as a table (--stats) or JSON (--stats-json).
 
 Counters that cost nothing are always kept (translations, exits, chaining,
-invalidations); guest-instruction and in-TC lookup counts need counters bumped
-inside the CCFs, which the translator emits only when statistics are asked for.
+invalidations, world switches by reason with their round-trip times);
+guest-instruction and in-TC lookup counts need counters bumped inside the
+CCFs, which the translator emits only when statistics are asked for.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ def collect(engine, result, counted: bool) -> dict[str, Any]:
         "unclaimed_io_reads": sum(engine.m.bus.unclaimed_reads.values()),
         "unclaimed_io_writes": sum(engine.m.bus.unclaimed_writes.values()),
     }
+    # World switches (hosted/switch.py): none when the host world shares the process.
+    ws = engine.m.world_switch
+    data["hosted"] = "inproc" if ws is None else "process"
+    data["world_switches"] = sum(ws.counts.values()) if ws is not None else 0
+    data["world_switches_by_reason"] = ws.stats() if ws is not None else {}
+    data["host_events_by_kind"] = dict(sorted(ws.events.items())) if ws is not None else {}
     if engine.opts.check:
         data["check_violations"] = engine.check_violations
     audit = getattr(engine, "audit_report", None)
@@ -78,7 +85,10 @@ def print_table(data: dict[str, Any], file=None) -> None:
     table = Table(title=f"bt_vmm statistics ({data['engine']} engine)", show_header=False)
     table.add_column("counter", style="bold")
     table.add_column("value", justify="right")
+    switches = data.get("world_switches_by_reason") or {}
     for key, value in data.items():
+        if key == "world_switches_by_reason":
+            continue                       # a table of its own, below
         if isinstance(value, dict):
             table.add_row(key.replace("_", " "), "" if value else "none")
             for k, v in value.items():
@@ -86,6 +96,14 @@ def print_table(data: dict[str, Any], file=None) -> None:
         elif value is not None:
             table.add_row(key.replace("_", " "), f"{value:,}" if isinstance(value, int) else str(value))
     console.print(table)
+    if switches:
+        costs = Table(title="world switches: VMM world -> host world and back")
+        for name in ("reason", "count", "median µs", "p99 µs", "total ms"):
+            costs.add_column(name, justify="left" if name == "reason" else "right")
+        for reason, v in switches.items():
+            costs.add_row(reason, f"{v['count']:,}", f"{v['median_us']:.1f}", f"{v['p99_us']:.1f}",
+                          f"{v['total_ms']:.1f}")
+        console.print(costs)
 
 
 def write_json(data: dict[str, Any], path: str) -> None:

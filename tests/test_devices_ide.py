@@ -540,11 +540,14 @@ def test_write_multiple(pc: Pc, image: tuple[Path, bytes]) -> None:
     new = random.Random(5).randbytes(20 * 512)
     first = pc.interrupts
     pc.issue_lba28(ide.CMD_WRITE_MULTIPLE, 2000, 20)
-    # Each sector reaches the image as soon as its 512 bytes are in, mid-block.
+    # A block reaches the image in one request when its last word is in,
+    # before the interrupt that tells the guest it is done; not sector by sector.
     pc.write_block(new[:512])
-    assert path.read_bytes()[2000 * 512 : 2001 * 512] == new[:512]
+    assert path.read_bytes()[2000 * 512 : 2001 * 512] == before[2000 * 512 : 2001 * 512]
     assert not pc.line and pc.inb(ALTSTATUS) & ST_DRQ
     pc.write_block(new[512 : 8 * 512])
+    assert path.read_bytes()[2000 * 512 : 2008 * 512] == new[: 8 * 512]
+    assert pc.line
     pc.ack()
     pc.pio_out(new[8 * 512 :], per_block=8)
     assert pc.interrupts - first == 3  # blocks of 8, 8, 4
@@ -672,19 +675,71 @@ def test_power_commands(pc: Pc) -> None:
 
 
 class FailingDisk:
-    """A backend whose host file has gone bad."""
+    """A backend whose host file has gone bad: reads and writes move nothing."""
 
     sectors = 64
     read_only = False
+    buffer = memoryview(bytearray(ide.BUFFER_SECTORS * 512))
 
-    def read(self, lba: int, count: int) -> bytes:
-        raise OSError(5, "Input/output error")
+    def read_to_buffer(self, lba: int, count: int) -> int:
+        return 0
 
-    def write(self, lba: int, data: bytes) -> None:
-        raise OSError(28, "No space left on device")
+    def write_from_buffer(self, lba: int, count: int) -> int:
+        return 0
 
     def flush(self) -> None:
         raise OSError(5, "Input/output error")
+
+
+class RecordingDisk(DiskImage):
+    """An image that logs each host request, and can fail from a given sector on."""
+
+    def __init__(self, path: str, fail_from: int | None = None) -> None:
+        super().__init__(path)
+        self.requests: list[tuple[str, int, int]] = []
+        self.fail_from = fail_from
+
+    def read_to_buffer(self, lba: int, count: int) -> int:
+        self.requests.append(("read", lba, count))
+        if self.fail_from is not None and lba + count > self.fail_from:
+            return max(0, self.fail_from - lba) and super().read_to_buffer(lba, self.fail_from - lba)
+        return super().read_to_buffer(lba, count)
+
+    def write_from_buffer(self, lba: int, count: int) -> int:
+        self.requests.append(("write", lba, count))
+        return super().write_from_buffer(lba, count)
+
+
+def test_reads_are_batched_and_writes_go_out_a_block_at_a_time(image: tuple[Path, bytes]) -> None:
+    path, before = image
+    disk = RecordingDisk(str(path))
+    pc = Pc(disk)
+    pc.issue_lba28(ide.CMD_READ_SECTORS, 10, 0)  # 256 sectors, 256 DRQ blocks, 256 interrupts
+    assert pc.pio_in(256) == before[10 * 512 : 266 * 512]
+    assert disk.requests == [("read", 10, 256)]  # one request to the host for all of them
+    disk.requests.clear()
+    pc.issue_lba28(ide.CMD_WRITE_SECTORS, 40, 3)
+    pc.pio_out(b"\x11" * 3 * 512)
+    assert disk.requests == [("write", 40, 1), ("write", 41, 1), ("write", 42, 1)]
+    disk.close()
+
+
+def test_a_host_read_error_inside_a_batch_fails_the_block_that_holds_it(image: tuple[Path, bytes]) -> None:
+    path, before = image
+    disk = RecordingDisk(str(path), fail_from=21)
+    pc = Pc(disk)
+    pc.outb(NSECT, 4)
+    pc.outb(COMMAND, ide.CMD_SET_MULTIPLE)
+    pc.ack()
+    pc.issue_lba28(ide.CMD_READ_MULTIPLE, 12, 16)  # blocks 12-15, 16-19, 20-23 (fails at 21), 24-27
+    for block in (12, 16):  # the good blocks arrive
+        assert pc.ack() == READY | ST_DRQ
+        assert pc.read_block(4 * 256) == before[block * 512 : (block + 4) * 512]
+    assert pc.ack() == READY | ST_ERR
+    assert pc.inb(ERROR) == ER_UNC
+    assert pc.inb(LBAL) == 20  # the failing block's first sector
+    assert disk.requests == [("read", 12, 16)]  # one request; it came back 9 sectors short
+    disk.close()
 
 
 def test_host_io_errors_become_ata_errors() -> None:
@@ -788,3 +843,31 @@ def test_byte_access_to_the_data_port_moves_a_word(pc: Pc) -> None:
     assert pc.inb(DATA) == expected[0]
     assert pc.inw(DATA) == int.from_bytes(expected[2:4], "little")
     assert pc.channel.byte_data_accesses == 1
+
+
+def test_a_transfer_in_flight_survives_state_and_restore(tmp_path: Path) -> None:
+    """Snapshots: a block in flight lives in the drive's buffer; state() saves
+    its bytes, restore() puts them back there, and the read-ahead is read
+    again -- a data-in and a data-out transfer go on as if nothing happened."""
+    import json
+    before = make_image(tmp_path / "a.img", 64)
+    with open_disk(str(tmp_path / "a.img")) as disk:
+        pc = Pc(disk)
+        pc.issue_lba28(ide.CMD_READ_SECTORS, 3, 4)
+        assert pc.ack() == READY | ST_DRQ
+        first = pc.read_block(100)                              # part of the first sector
+        saved = json.loads(json.dumps(pc.channel.devices[0].state()))
+        disk.buffer[:] = bytes(len(disk.buffer))                # the buffer is reused meanwhile
+        pc.channel.devices[0].restore(saved)
+        rest = pc.read_block(156)
+        assert first + rest == before[3 * 512:4 * 512]
+        assert pc.pio_in(3) == before[4 * 512:7 * 512]          # read again from the image
+        pc.issue_lba28(ide.CMD_WRITE_SECTORS, 10, 1)
+        pc.wait_not_busy()
+        pc.write_block(b"\x5A" * 200)
+        saved = json.loads(json.dumps(pc.channel.devices[0].state()))
+        disk.buffer[:] = bytes(len(disk.buffer))
+        pc.channel.devices[0].restore(saved)
+        pc.write_block(b"\x5A" * 312)
+        assert pc.ack() == READY
+    assert (tmp_path / "a.img").read_bytes()[10 * 512:11 * 512] == b"\x5A" * 512

@@ -272,3 +272,24 @@ def test_overlay_reads_through_keeps_writes_and_leaves_the_image(tmp_path: Path)
     assert set(disk.written) == {3}
     disk.close()
     assert snapshot(path) == before
+
+
+def test_overlay_moves_sectors_through_a_buffer_like_an_image(tmp_path):
+    """read_into/write_from (what the IDE device and the host world use) see
+    the guest's writes in front of the image, in runs, and never touch the file."""
+    from bt_vmm.hosted.overlay import OverlayDisk
+    path = tmp_path / "base.img"
+    original = os.urandom(64 * 512)
+    path.write_bytes(original)
+    disk = OverlayDisk(open_disk(f"{path},ro"))
+    disk.write(5, b"\xAA" * 512)
+    disk.write(7, b"\xBB" * 1024)
+    buf = memoryview(bytearray(64 * 512))
+    assert disk.read_into(0, 64, buf) == 64
+    assert bytes(buf) == disk.read(0, 64)
+    assert bytes(buf[5 * 512:9 * 512]) == b"\xAA" * 512 + original[6 * 512:7 * 512] + b"\xBB" * 1024
+    disk.buffer[:512] = b"\xCC" * 512
+    assert disk.write_from_buffer(10, 1) == 1 and disk.read(10, 1) == b"\xCC" * 512
+    assert disk.read_to_buffer(4, 5) == 5 and bytes(disk.buffer[:5 * 512]) == disk.read(4, 5)
+    disk.close()
+    assert path.read_bytes() == original

@@ -93,19 +93,18 @@ class Session:
         if self.server is not None:
             self.server.close()
 
-    def finish(self, machine, engine, result) -> None:
-        """--snapshot-on-exit, if the run stopped where the guest can go on."""
+    def finish(self, machine, engine, result) -> str | None:
+        """--snapshot-on-exit, if the run stopped where the guest can go on;
+        the line to report (the host world prints it after the run's own)."""
         path = self.args.snapshot_on_exit
         if path is None:
-            return
+            return None
         from bt_vmm import snapshot
         if engine.resume_point is None:
-            print(f"bt-vmm: no snapshot written: the run ended ({result.reason}) where the guest "
-                  "cannot go on", file=sys.stderr)
-            return
+            return f"no snapshot written: the run ended ({result.reason}) where the guest cannot go on"
         pc, halted = engine.resume_point
         try:
             snapshot.save(path, machine, engine, self.identity, pc, halted)
         except OSError as e:
             raise BadInput(f"--snapshot-on-exit: cannot write {path}: {e.strerror}") from None
-        print(f"bt-vmm: snapshot written to {path} (guest at {pc:#x})", file=sys.stderr)
+        return f"snapshot written to {path} (guest at {pc:#x})"

@@ -1,10 +1,16 @@
 """The `bt-vmm` command line.
 
+This process is the host world (hosted/host_world.py): with `--hosted
+process`, the default, the guest runs in a VMM world it spawns.
+
 Exit statuses: 0 clean power-off or final hlt; (V << 1) | 1 when the guest
 writes V to the debug-exit port; 2 bad command line or image; 4 guest triple
 fault; 6 the guest used something the monitor does not virtualize (or a
-monitor error); 8 --max-insns reached; 10 the guest asked for a reset; 16 the
-debugger ended the run (gdb's kill); 124 --timeout reached.
+monitor error); 8 --max-insns reached; 10 the guest asked for a reset; 12 the
+host world died (the VMM world's status: it stopped the guest); 14 the VMM
+world died (the host world closed the disks and restored the terminal); 16
+the debugger ended the run (gdb's kill); 124 --timeout reached; 130
+interrupted (SIGINT, SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import sys
 
 from bt_vmm import __version__
 from bt_vmm.cli.debugging import Session
-from bt_vmm.errors import EXIT_BAD_INPUT, EXIT_MONITOR, BadInput, BtVmmError
+from bt_vmm.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MONITOR, BadInput, BtVmmError
 
 _SIZE = re.compile(r"^(\d+)([KMG]?)(i?B)?$", re.IGNORECASE)
 _UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -114,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=_positive_float, help="stop after SECONDS of wall time")
     r.add_argument("--check", action="store_true",
                    help="verify that no guest kernel instruction runs outside the TC")
+    r.add_argument("--hosted", choices=["process", "inproc"], default=None,
+                   help="process: the host world (terminal, disks, files, timer pacing) in this "
+                        "process and the VMM world in another, meeting by world switches "
+                        "(default); inproc: both in one process, for debugging (and what "
+                        "--gdb, --restore and --snapshot-on-exit use)")
     r.add_argument("--tc-size", type=_tc_size, metavar="SIZE",
                    help="bytes of translation cache, or with a K/M suffix (16K to 3M, default "
                         "3M); a full TC is flushed")
@@ -155,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.status
     except KeyboardInterrupt:
         print("bt-vmm: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as e:   # a monitor bug: one line unless asked for the traceback
         if os.environ.get("BT_VMM_DEBUG"):
             raise
@@ -219,17 +230,27 @@ def _read_module(spec: str):
 
 
 def _run(args) -> int:
-    from bt_vmm.engines.bt import BTEngine, EngineOptions
+    """`bt-vmm run`: check the command line and open what it names (this is
+    the host world), then run the guest (hosted/host_world.py)."""
     from bt_vmm.hosted.console import check_writable, open_serial_sink
-    from bt_vmm.loaders import Module, load_kernel
     from bt_vmm.hosted.disk import open_disk
-    from bt_vmm.machine.pc import MAX_DISKS, Machine
-    from bt_vmm import stats as stats_mod
+    from bt_vmm.hosted.host_world import HostResources, run
+    from bt_vmm.hosted.vmm_world import RunPlan, boot_fields
+    from bt_vmm.loaders import Module, load_kernel
+    from bt_vmm.machine.pc import MAX_DISKS
 
     if args.stats not in (None, "table", "live"):    # `--stats KERNEL`: the kernel, not a mode
         if args.kernel is not None:
             raise BadInput(f"--stats: expected 'live' or nothing, got '{args.stats}'")
         args.kernel, args.stats = args.stats, "table"
+    # The debugger's socket and the snapshot files are not reached through the
+    # world switch yet: runs that use them keep both worlds in this process.
+    debugging = [o for o, v in (("--gdb", args.gdb), ("--restore", args.restore),
+                                ("--snapshot-on-exit", args.snapshot_on_exit)) if v is not None]
+    if debugging and args.hosted == "process":
+        raise BadInput(f"{debugging[0]} runs with --hosted inproc (the debugger's socket and "
+                       f"snapshot files do not go through the world switch yet)")
+    mode = args.hosted or ("inproc" if debugging else "process")
     session = Session(args)          # --gdb, --wait-gdb, --snapshot-on-exit, --restore
     path, data = _read_kernel(args)
     modules = [_read_module(spec) for spec in args.module]
@@ -266,61 +287,18 @@ def _run(args) -> int:
         for d in disks:
             d.close()
         raise
-    machine = Machine(mem, sink, disks)
-    try:
-        entry = session.start_machine(machine, disks, path, data, boot)
-    except BaseException:
-        machine.close()
-        raise
-    if args.serial == "stdio" and _stdin_fd() is not None:
-        machine.attach_console_input(_stdin_fd())
-    options = EngineOptions(check=args.check, count=counted, max_insns=args.max_insns,
-                            timeout=args.timeout)
-    if args.tc_profile is not None:
-        from bt_vmm.tcprofile.cli import start_recording
-        options.recorder = start_recording()
-    if args.tc_size is not None:
-        options.tc_size = args.tc_size
-    if args.engine == "trap":
-        from bt_vmm.engines.trap import TrapEngine
-        engine = TrapEngine(machine, options, audit=args.audit)
-    else:
-        engine = BTEngine(machine, options)
-    session.attach(machine, engine)
-    if panel is not None:
-        panel.start(engine)
-    try:
-        result = engine.run(entry)
-    except BaseException:
-        sink.close()
-        raise
-    finally:
-        if panel is not None:
-            panel.stop()
-        session.close()
-        machine.close()
-    sink.finish()
-    if result.status not in (0,) and not (result.status & 1):
-        print(f"bt-vmm: {result.reason}", file=sys.stderr)
-        if result.dump:
-            print(result.dump, file=sys.stderr)
-    if args.check and engine.check_violations == 0 and result.status != EXIT_MONITOR:
-        print(f"bt-vmm: check passed: no guest kernel instruction ran outside the TC "
-              f"({engine.tcache.stats['translated']} TUs translated)", file=sys.stderr)
-    session.finish(machine, engine, result)
-    if args.tc_profile is not None:
-        from bt_vmm.tcprofile.cli import finish_recording
-        finish_recording(options.recorder, engine, result, args.tc_profile, path)
-    if args.stats or args.stats_json:
-        data = stats_mod.collect(engine, result, counted)
-        if args.stats:
-            stats_mod.print_table(data)
-        if args.stats_json:
-            try:
-                stats_mod.write_json(data, args.stats_json)
-            except OSError as e:
-                raise BadInput(f"--stats-json: cannot write {args.stats_json}: {e.strerror}") from None
-    return result.status
+    console_fd = _stdin_fd() if args.serial == "stdio" else None
+    plan = RunPlan(
+        guest=path, mem=mem, boot=None if boot is None else boot_fields(boot), engine=args.engine,
+        audit=args.audit, check=args.check, count=counted, max_insns=args.max_insns,
+        timeout=args.timeout, tc_size=args.tc_size,
+        disks=[(d.sectors, d.read_only) for d in disks], console_input=console_fd is not None,
+        stats=bool(args.stats or args.stats_json), tc_profile=args.tc_profile is not None)
+    res = HostResources(sink=sink, disks=disks, console_fd=console_fd, panel=panel,
+                        stats_table=bool(args.stats), stats_json=args.stats_json,
+                        tc_profile=args.tc_profile, session=session if debugging else None,
+                        kernel=data)
+    return run(plan, [] if boot is None else boot.chunks, res, mode)
 
 
 if __name__ == "__main__":

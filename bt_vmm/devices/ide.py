@@ -37,9 +37,14 @@ is called only when the level changes. An interrupt that is never acknowledged
 keeps the line high, so the next one makes no new edge for an edge-triggered
 8259 -- as with a real drive.
 
-Written sectors reach the host image (hosted/disk.py) before the interrupt
-that completes their block, so every sector write the guest has seen finish is
-in the host file; FLUSH CACHE fsyncs it. If the guest turns the write cache
+Data moves through the drive's data buffer, which the disk backend owns (in
+the memory the two worlds share, when the host world is its own process):
+reads fill it a batch of up to 256 sectors at a time (one request to the host
+for a whole READ SECTORS of up to 256 sectors, however many DRQ blocks the
+guest pulls it in), and each data-out block goes to the host image in one
+request when its last word arrives -- before the interrupt that completes the
+block, so every sector write the guest has seen finish is in the host file.
+FLUSH CACHE fsyncs it. If the guest turns the write cache
 off (SET FEATURES 82h), every write command is fsynced before it completes.
 Host I/O errors become ATA errors: UNC for a failed read, DF+ABRT for a failed
 write or flush, and are counted.
@@ -167,6 +172,7 @@ MAX_DEFAULT_CYLINDERS = 16383  # word 1 caps at 16383 (8.4 GB of CHS)
 MAX_CHS_SECTORS = MAX_DEFAULT_CYLINDERS * DEFAULT_HEADS * DEFAULT_SECTORS_PER_TRACK
 LBA28_MAX_SECTORS = 0x0FFFFFFF  # words 60-61 cap; LBA28 reaches sectors below it
 MAX_MULTIPLE = 16  # the largest READ/WRITE MULTIPLE block, in sectors (word 47)
+BUFFER_SECTORS = 256  # sectors read from the host per request (a multiple of every block size)
 
 # --- IDENTIFY DEVICE identity strings (ASCII, padded with spaces). ---
 MODEL = "BT_VMM HARDDISK"  # words 27-46, 40 characters
@@ -175,13 +181,17 @@ SERIAL_PREFIX = "BTVMM"  # words 10-19: "BTVMM-1F0-0", by channel and position
 
 
 class DiskBackend(Protocol):
-    """What the device needs from a disk (hosted.disk.DiskImage is one)."""
+    """What the device needs from a disk (hosted.disk.DiskImage is one; so is
+    the VMM world's proxy for an image the host world holds)."""
 
     sectors: int
     read_only: bool
+    buffer: memoryview  # the drive's data buffer: at least BUFFER_SECTORS sectors
 
-    def read(self, lba: int, count: int) -> bytes: ...
-    def write(self, lba: int, data: bytes) -> None: ...
+    def read_to_buffer(self, lba: int, count: int) -> int:
+        """Sectors into the buffer's start; how many were read (fewer: a host error)."""
+    def write_from_buffer(self, lba: int, count: int) -> int:
+        """Sectors from the buffer's start to the image; how many were written."""
     def flush(self) -> None: ...
 
 
@@ -231,6 +241,8 @@ class Transfer:
     per_block: int  # sectors per DRQ block
     mode: str  # "chs", "lba28" or "lba48": how the address is reported back
     block_sectors: int = 0  # sectors in the block now in the buffer
+    batch_lba: int = 0  # data-in: the first sector the drive buffer holds ...
+    batch_sectors: int = 0  # ... and how many it holds, read ahead of the guest
 
 
 class AtaDevice(DeviceState):
@@ -284,14 +296,29 @@ class AtaDevice(DeviceState):
         self.pos = 0
 
     def state(self) -> dict:
-        saved = super().state()
-        saved["transfer"] = None if self.transfer is None else dict(vars(self.transfer))
+        # A media block in flight is a view of the drive's buffer: saved as its
+        # bytes. Sectors read ahead of it are not saved; they are read again.
+        block = self.buffer
+        self.buffer = bytearray(block)
+        try:
+            saved = super().state()
+        finally:
+            self.buffer = block
+        saved["transfer"] = None if self.transfer is None else dict(
+            vars(self.transfer), batch_lba=0, batch_sectors=0)
         return saved
 
     def restore(self, state: dict) -> None:
         super().restore(state)
         t = state["transfer"]
-        self.transfer = None if t is None else Transfer(**t)
+        self.transfer = xfer = None if t is None else Transfer(**t)
+        if xfer is not None and xfer.lba is not None and self.disk is not None:
+            # The block goes back into the drive's buffer, where the disk moves it.
+            n = len(self.buffer)
+            self.disk.buffer[:n] = self.buffer
+            self.buffer = self.disk.buffer[:n]
+            if not xfer.writing:
+                xfer.batch_lba, xfer.batch_sectors = xfer.lba, xfer.block_sectors
 
     def identify(self) -> bytes:
         """IDENTIFY DEVICE's 256 words, as they cross the data port (little-endian)."""
@@ -581,9 +608,9 @@ class IdeChannel(DeviceState):
         dev.buffer[dev.pos] = word & 0xFF
         dev.buffer[dev.pos + 1] = word >> 8
         dev.pos += 2
-        if xfer.lba is not None and dev.pos % SECTOR_SIZE == 0 and not self._sector_written(dev, xfer):
-            return
         if dev.pos == len(dev.buffer):
+            if xfer.lba is not None and not self._block_stored(dev, xfer):
+                return
             self._block_written(dev, xfer)
 
     # --- Commands. ---
@@ -722,15 +749,14 @@ class IdeChannel(DeviceState):
         assert dev.disk is not None and xfer.lba is not None
         # No data crosses the interface, but the sectors must be readable.
         while xfer.remaining:
-            count = min(xfer.remaining, 256)
-            try:
-                dev.disk.read(xfer.lba, count)
-            except OSError:
+            count = min(xfer.remaining, BUFFER_SECTORS)
+            done = dev.disk.read_to_buffer(xfer.lba, count)
+            xfer.lba += done
+            xfer.remaining -= done
+            if done < count:
                 self.host_errors += 1
                 self._fail(dev, ER_UNC, lba=xfer.lba, xfer=xfer)
                 return
-            xfer.lba += count
-            xfer.remaining -= count
         self._report_address(dev, xfer, xfer.lba - 1)
         self._complete(dev)
 
@@ -774,15 +800,19 @@ class IdeChannel(DeviceState):
     def _next_block_in(self, dev: AtaDevice, xfer: Transfer) -> None:
         assert dev.disk is not None and xfer.lba is not None
         count = min(xfer.per_block, xfer.remaining)
-        try:
-            data = dev.disk.read(xfer.lba, count)
-        except OSError:
+        start = xfer.lba - xfer.batch_lba
+        if start >= xfer.batch_sectors:
+            # The buffer is used up: read the next batch (it starts at a block boundary).
+            xfer.batch_lba, start = xfer.lba, 0
+            xfer.batch_sectors = dev.disk.read_to_buffer(xfer.lba, min(xfer.remaining, BUFFER_SECTORS))
+        if start + count > xfer.batch_sectors:
+            # The host failed inside this block: the error is reported at its first sector.
             self.host_errors += 1
             self._fail(dev, ER_UNC, lba=xfer.lba, xfer=xfer)
             return
         xfer.block_sectors = count
         dev.transfer = xfer
-        dev.buffer = bytearray(data)
+        dev.buffer = dev.disk.buffer[start * SECTOR_SIZE:(start + count) * SECTOR_SIZE]
         dev.pos = 0
         dev.status = ST_IDLE | ST_DRQ
         dev.interrupt_pending = True  # one interrupt per DRQ block
@@ -827,26 +857,27 @@ class IdeChannel(DeviceState):
             self._next_block_out(dev, xfer)
 
     def _next_block_out(self, dev: AtaDevice, xfer: Transfer) -> None:
+        assert dev.disk is not None
         count = min(xfer.per_block, xfer.remaining)
         xfer.block_sectors = count
         dev.transfer = xfer
-        dev.buffer = bytearray(count * SECTOR_SIZE)
+        dev.buffer = dev.disk.buffer[:count * SECTOR_SIZE]
         dev.pos = 0
         dev.status = ST_IDLE | ST_DRQ
 
-    def _sector_written(self, dev: AtaDevice, xfer: Transfer) -> bool:
-        """A sector's 512 bytes are in: it goes to the image now, before any
-        interrupt can tell the guest it is done. False if the host failed."""
+    def _block_stored(self, dev: AtaDevice, xfer: Transfer) -> bool:
+        """A data-out block is in the buffer: it goes to the image now, in one
+        request, before any interrupt can tell the guest it is done. False
+        (and DF, ABRT at the first sector not stored) if the host failed."""
         assert dev.disk is not None and xfer.lba is not None
-        try:
-            dev.disk.write(xfer.lba, bytes(dev.buffer[dev.pos - SECTOR_SIZE : dev.pos]))
-        except OSError:
+        done = dev.disk.write_from_buffer(xfer.lba, xfer.block_sectors)
+        xfer.lba += done
+        xfer.remaining -= done
+        if done < xfer.block_sectors:
             self.host_errors += 1
             self._fail(dev, ER_ABRT, fault=True, lba=xfer.lba, xfer=xfer)
             self._update_irq()
             return False
-        xfer.lba += 1
-        xfer.remaining -= 1
         return True
 
     def _block_written(self, dev: AtaDevice, xfer: Transfer) -> None:

@@ -10,7 +10,8 @@ exits:
   the guest EIP that caused them) or in user code; #PF first goes to the shadow
   MMU, which fills hidden faults silently;
 * stores to traced pages (translated code, guest page tables);
-* asynchronous stops: a device deadline, host input, --timeout. Interrupts are
+* asynchronous stops: a device deadline (the alarm, hosted/alarm.py), host
+  input, --timeout, a stop asked for by the host world. Interrupts are
   delivered at guest instruction boundaries: always in user code, and in the
   TC at the points the CCF's map marks as clean; elsewhere the stop is retried
   a moment later.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import struct
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -47,7 +47,6 @@ from bt_vmm.vcpu.quirks import CplSwitch, FaultState
 from bt_vmm.vcpu.state import AC, IOPL, TripleFault
 
 ERROR_CODE_VECTORS = {8, 10, 11, 12, 13, 14, 17}
-REQUEST_REPEAT = 1e-3       # the watchdog repeats an unanswered preemption request this often
 SEG_REGS = (("ds", X.UC_X86_REG_DS), ("es", X.UC_X86_REG_ES), ("fs", X.UC_X86_REG_FS))
 
 
@@ -67,58 +66,6 @@ class EngineOptions:
     timeout: float | None = None
     tc_size: int = R.TC_END - R.TC_BASE   # bytes of TC for CCFs (smaller forces flushes)
     recorder: object = None      # a bt_vmm.tcprofile.TCRecorder (--tc-profile), or None
-
-
-class Watchdog:
-    """One long-lived thread that gets the monitor control at a deadline (a
-    device timer, --timeout) or when woken (host input).
-
-    It only raises the preemption request (`request`, a couple of memory
-    stores): the TC's checks at loop back-edges and indirect lookups see it,
-    and so do the stop points of code unicorn runs as is (stop_points.py);
-    either way the monitor gets control at a guest instruction boundary. The
-    request is repeated every millisecond until the monitor re-arms."""
-
-    def __init__(self, request) -> None:
-        self._request = request
-        self._cv = threading.Condition()
-        self._deadline: float | None = None
-        self.fired = False
-        self._alive = True
-        self._thread = threading.Thread(target=self._loop, name="bt-vmm-watchdog", daemon=True)
-        self._thread.start()
-
-    def arm(self, deadline: float | None) -> None:
-        with self._cv:
-            self._deadline = deadline
-            self.fired = False
-            self._cv.notify()
-
-    def wake(self) -> None:
-        with self._cv:
-            self._deadline = 0.0
-            self._cv.notify()
-
-    def close(self) -> None:
-        with self._cv:
-            self._alive = False
-            self._cv.notify()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                if not self._alive:
-                    return
-                if self._deadline is None:
-                    self._cv.wait()
-                    continue
-                delay = self._deadline - time.monotonic()
-                if delay > 0:
-                    self._cv.wait(delay)
-                    continue
-                self._deadline = time.monotonic() + REQUEST_REPEAT
-                self.fired = True
-            self._request()
 
 
 class BTEngine:
@@ -165,9 +112,10 @@ class BTEngine:
         # trap-and-emulate): stop points stop it for a preemption request.
         self.stop_points = StopPoints(uc, self.placement.guest_ranges())
         self._guest_hooks: list[tuple[int, object, list[int]]] = []   # (kind, callback, handles)
+        self._stop_request: tuple[int, str] | None = None
         self._set_preempt(False)
-        self.watchdog = Watchdog(lambda: self._set_preempt(True))
-        machine.on_host_input = self.watchdog.wake
+        self.alarm = machine.make_alarm(self._alarm_fired)
+        machine.on_host_input = self.alarm.wake
         if options.max_insns is not None:
             uc.mem_write(R.phys(R.BUDGET), struct.pack("<i", min(options.max_insns, 0x7FFFFFFF)))
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
@@ -201,8 +149,9 @@ class BTEngine:
                     eip = debug.dispatch(eip)       # a stop: the debugger has the machine
                 if self._stop is not None:
                     return self._ended(start)
-                if self._deadline is not None and time.monotonic() >= self._deadline:
-                    self.finish_at(EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s", self._position())
+                due = self._stop_due()
+                if due is not None:
+                    self.finish_at(*due, self._position())
                     return self._ended(start)
                 if self._halted:
                     self._wait_for_interrupt()
@@ -210,13 +159,14 @@ class BTEngine:
                     # A debugger's step runs with no timers (no interrupt comes in
                     # between); code unicorn runs as is, one instruction.
                     stepping = debug is not None and debug.step is not None
-                    self.watchdog.arm(None if stepping else self._next_deadline())
+                    self.alarm.arm(None if stepping else self._next_deadline())
                     try:
                         count = 1 if stepping and debug.native_step else 0
                         uc.emu_start(eip, self.tcache.stop_addr, count=count)
                     except UcError as e:
                         return self._result(start, EXIT_MONITOR, f"unicorn stopped: {e}", dump=True)
-                    self.watchdog.arm(None)
+                    if debug is not None:
+                        self.alarm.arm(None)    # no alarm while the debugger holds the machine
                     self.faults.reset()      # an exception cut short by the stop must not linger
                     self.traces.collect()
                     self.mmu.settle()
@@ -238,7 +188,7 @@ class BTEngine:
                     return self._result(start, EXIT_MONITOR,
                                         f"emulation stopped outside the TC at {eip:#x}", dump=True)
         finally:
-            self.watchdog.close()
+            self.alarm.close()
             self.m.devices.uart.flush()
 
     def _result(self, start: float, status: int, reason: str, dump: bool = False) -> RunResult:
@@ -349,8 +299,31 @@ class BTEngine:
     _OPEN_BOUNDS = struct.pack("<ii", -0x80000000, 0x7FFFFFFF)
     _CLOSED_BOUNDS = struct.pack("<ii", 1, 0)
 
+    def _alarm_fired(self) -> None:
+        """The alarm (or host input, or a stop request): from another thread,
+        get the monitor control -- out of running guest code through the
+        preemption request, out of a halt through the host event."""
+        self._set_preempt(True)
+        self.m.host_event.set()
+
+    def request_stop(self, status: int, reason: str) -> None:
+        """End the run with `status` at the next guest instruction boundary
+        the monitor reaches; safe from any thread (the host world's stop
+        event, its death)."""
+        if self._stop_request is None:
+            self._stop_request = (status, reason)
+        self._alarm_fired()
+
+    def _stop_due(self) -> tuple[int, str] | None:
+        """(status, reason) if the run must end now: a stop request, --timeout."""
+        if self._stop_request is not None:
+            return self._stop_request
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            return EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s"
+        return None
+
     def _set_preempt(self, on: bool) -> None:
-        """Plain stores into host memory, safe from the timer thread: the
+        """Plain stores into host memory, safe from another thread (the alarm's): the
         bounds in the monitor region, seen by the TC at its next check, and
         the stop points' flag, seen at the next block of directly run code."""
         b = R.PREEMPT_BOUNDS
@@ -370,9 +343,10 @@ class BTEngine:
         interrupt that is due is delivered here."""
         self._set_preempt(False)
         self.exits["preempt"] += 1
-        if self._deadline is not None and time.monotonic() >= self._deadline:
+        due = self._stop_due()
+        if due is not None:
             self._stand_at(frame_fixup)
-            self.finish_at(EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s", guest_eip)
+            self.finish_at(*due, guest_eip)
             return
         if self.debug is not None and self.debug.take_interrupt():
             self._stand_at(frame_fixup)
@@ -383,7 +357,7 @@ class BTEngine:
             if frame_fixup is not None:
                 frame_fixup(frame)
             self._deliver_interrupt(frame, guest_eip)
-        self.watchdog.arm(self._next_deadline())
+        self.alarm.arm(self._next_deadline())
 
     def _finish(self, status: int, reason: str) -> None:
         if self._stop is None:
@@ -475,6 +449,10 @@ class BTEngine:
         own, or a stop): hand over a pending preemption there."""
         self._set_preempt(False)
         self.exits["preempt"] += 1
+        due = self._stop_due()
+        if due is not None:
+            self.finish_at(*due, self._position())
+            return
         if self.debug is not None and self.debug.take_interrupt():
             self.debug.stop_at("interrupt", self.regs.read(X.UC_X86_REG_EIP))
             return
@@ -482,7 +460,7 @@ class BTEngine:
             frame = Frame(self.regs)
             self._deliver_interrupt(frame, frame.eip)
         else:
-            self.watchdog.arm(self._next_deadline())
+            self.alarm.arm(self._next_deadline())
 
     def _asynchronous_stop(self) -> None:
         """Emulation stopped for a deadline or host input: deliver an interrupt
@@ -498,8 +476,9 @@ class BTEngine:
         self._enter_handler(frame, lambda: self.vcpu.raise_exception(frame, vector, None, guest_eip))
 
     def _wait_for_interrupt(self) -> None:
-        """hlt with IF=1: sleep until a device deadline, host input or --timeout
-        (with none of them, forever, as the hardware would)."""
+        """hlt with IF=1: sleep until the alarm (a device deadline, --timeout),
+        host input or a stop request (with none of them, forever, as the
+        hardware would)."""
         self.exits["halt"] += 1
         # An idle guest may be waiting for the user: a partial line on COM1 (a
         # shell prompt, echoed keystrokes) must reach the terminal now, not at
@@ -513,11 +492,13 @@ class BTEngine:
             if self.debug is not None and self.debug.take_interrupt():
                 self.debug.stop_at("interrupt", self._exit_eip_after_halt)
                 return
-            now = time.monotonic()
-            if self._deadline is not None and now >= self._deadline:
+            if self._stop_due() is not None:
                 return
-            deadline = self._next_deadline()
-            self.m.wait_for_event(None if deadline is None else max(0.0, deadline - now))
+            self.alarm.arm(self._next_deadline())
+            self.m.wait_for_event()
+            # Whatever woke us is handled on the next pass: a preemption
+            # request still raised would only cost a needless exit later.
+            self._set_preempt(False)
 
     # --- privilege levels ---------------------------------------------------------
     def _enter_handler(self, frame: Frame, deliver) -> None:
@@ -825,12 +806,13 @@ class BTEngine:
         self._check_timeout()
 
     def _check_timeout(self) -> None:
-        """--timeout for guest code that never reaches a TC check point (an
-        exception loop, a long rep ins/outs restarted chunk by chunk): checked
-        at every exception delivery and emulated instruction (found by
-        tests/test_hostile_guests.py)."""
-        if self._deadline is not None and time.monotonic() >= self._deadline:
-            self.finish_at(EXIT_TIMEOUT, f"timeout after {self.opts.timeout:g} s", self._position())
+        """--timeout (and stop requests) for guest code that never reaches a
+        TC check point (an exception loop, a long rep ins/outs restarted chunk
+        by chunk): checked at every exception delivery and emulated
+        instruction (found by tests/test_hostile_guests.py)."""
+        due = self._stop_due()
+        if due is not None:
+            self.finish_at(*due, self._position())
 
     def _get_or_fault(self, frame: Frame, pc: int) -> int | None:
         """The unicorn EIP for kernel PC `pc`, or None after delivering the

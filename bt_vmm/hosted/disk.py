@@ -5,11 +5,19 @@ sector N is bytes 512*N .. 512*N+511 of the file, with no header and no holes
 the guest cannot see. Its size must be a non-zero multiple of 512 bytes; the
 disk has exactly that many sectors and never grows or shrinks.
 
+Transfers. A drive moves data through its data buffer: `read_into` and
+`write_from` move sectors between the image and any buffer, in place
+(`preadv`, `pwrite`). With the host world in its own process the drive's
+buffer is in the memory the two worlds share (shared_memory.py), so a world
+switch carries only the disk, the LBA, the count and the buffer's offset; with
+--hosted inproc the device uses `buffer` here (`read_to_buffer`,
+`write_from_buffer`).
+
 Durability. Writes go straight to the file with `os.pwrite` on a descriptor
-opened O_RDWR; nothing is buffered in this process. The IDE device calls
-`write` before it reports the sector (or block) done, so every write the guest
-has seen acknowledged is in the host file -- visible to any other reader and
-safe if the monitor crashes or is killed. It is in the host kernel's page cache,
+opened O_RDWR; nothing is buffered in this process. The IDE device stores a
+data block before it reports the block done, so every write the guest has
+seen acknowledged is in the host file -- visible to any other reader and safe
+if either world crashes or is killed. It is in the host kernel's page cache,
 though, not necessarily on stable storage: `flush()` (os.fsync) puts it there,
 and runs when the guest issues FLUSH CACHE and when the disk is closed. A host
 power failure can lose only writes the guest never flushed, which is what an
@@ -35,6 +43,7 @@ import os
 import stat
 
 from ..errors import BadInput
+from .shared_memory import DRIVE_BUFFER_BYTES
 
 SECTOR_SIZE = 512  # bytes per sector: the unit of every read, write and size check
 READ_ONLY_OPTION = "ro"  # options after the comma in a --disk spec
@@ -48,11 +57,16 @@ class DiskImage:
         self.path = path
         self.read_only = read_only
         self._fd: int | None = None
+        # The drive's data buffer when the device uses the image directly
+        # (--hosted inproc); across worlds the device's buffer is in shared
+        # memory and the host world calls read_into/write_from on it.
+        self.buffer = memoryview(bytearray(DRIVE_BUFFER_BYTES))
 
         # Counters.
         self.sectors_read = 0  # sectors returned by read()
         self.sectors_written = 0  # sectors stored by write()
         self.flushes = 0  # fsyncs: FLUSH CACHE from the guest, and close()
+        self.host_errors = 0  # reads and writes the host failed part way (read_into, write_from)
 
         self._fd, size = _open_image(path, read_only)
         self.size = size  # bytes
@@ -104,6 +118,50 @@ class DiskImage:
             view = view[done:]
             offset += done
         self.sectors_written += count
+
+    def read_into(self, lba: int, count: int, dest: memoryview) -> int:
+        """Sectors lba .. lba+count-1 into `dest`; the number of sectors read,
+        fewer than `count` only if the host failed on the next one (counted in
+        host_errors). ValueError if any lies outside the image."""
+        fd = self._check(lba, count)
+        want = count * SECTOR_SIZE
+        done = 0
+        try:
+            while done < want:
+                n = os.preadv(fd, [dest[done:want]], lba * SECTOR_SIZE + done)
+                if n == 0:     # the file shrank under us (someone else truncated it)
+                    raise OSError(errno.EIO, "unexpected end of file")
+                done += n
+        except OSError:
+            self.host_errors += 1
+        self.sectors_read += done // SECTOR_SIZE
+        return done // SECTOR_SIZE
+
+    def write_from(self, lba: int, src: memoryview) -> int:
+        """Store `src` (whole sectors) at lba; the number of sectors written,
+        fewer than asked only if the host failed on the next one. Refused
+        (PermissionError, nothing written) if read-only; ValueError out of range."""
+        if len(src) % SECTOR_SIZE:
+            raise ValueError(f"{self.path}: write of {len(src)} bytes is not whole sectors")
+        fd = self._check(lba, len(src) // SECTOR_SIZE)
+        if self.read_only:
+            raise PermissionError(f"{self.path}: disk is read-only")
+        done = 0
+        try:
+            while done < len(src):
+                done += os.pwrite(fd, src[done:], lba * SECTOR_SIZE + done)
+        except OSError:
+            self.host_errors += 1
+        self.sectors_written += done // SECTOR_SIZE
+        return done // SECTOR_SIZE
+
+    def read_to_buffer(self, lba: int, count: int) -> int:
+        """`read_into` the start of the drive's buffer."""
+        return self.read_into(lba, count, self.buffer)
+
+    def write_from_buffer(self, lba: int, count: int) -> int:
+        """`write_from` the first `count` sectors of the drive's buffer."""
+        return self.write_from(lba, self.buffer[:count * SECTOR_SIZE])
 
     def flush(self) -> None:
         """Put every write so far on the host's stable storage (os.fsync)."""

@@ -56,6 +56,43 @@ class OverlayDisk:
             self.written[lba + i] = bytes(data[i * SECTOR_SIZE:(i + 1) * SECTOR_SIZE])
         self.sectors_written += count
 
+    def read_into(self, lba: int, count: int, dest: memoryview) -> int:
+        """DiskImage.read_into, through the overlay."""
+        self._check(lba, count)
+        i = 0
+        while i < count:
+            sector = self.written.get(lba + i)
+            if sector is not None:
+                dest[i * SECTOR_SIZE:(i + 1) * SECTOR_SIZE] = sector
+                i += 1
+                continue
+            j = i + 1                  # a run of sectors the guest never wrote: one read
+            while j < count and lba + j not in self.written:
+                j += 1
+            got = self.base.read_into(lba + i, j - i, dest[i * SECTOR_SIZE:j * SECTOR_SIZE])
+            if got < j - i:            # the host failed part way
+                i += got
+                break
+            i = j
+        self.sectors_read += i
+        return i
+
+    def write_from(self, lba: int, src: memoryview) -> int:
+        """DiskImage.write_from, into the overlay (the image is never written)."""
+        self.write(lba, bytes(src))
+        return len(src) // SECTOR_SIZE
+
+    def read_to_buffer(self, lba: int, count: int) -> int:
+        return self.read_into(lba, count, self.buffer)
+
+    def write_from_buffer(self, lba: int, count: int) -> int:
+        return self.write_from(lba, self.buffer[:count * SECTOR_SIZE])
+
+    @property
+    def buffer(self) -> memoryview:
+        """The drive's data buffer (the image's)."""
+        return self.base.buffer
+
     def flush(self) -> None:
         self.flushes += 1          # nothing reaches the image: there is nothing to make durable
 

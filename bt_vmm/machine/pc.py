@@ -4,7 +4,8 @@ firmware tables, boot state.
 This is the one place the machine is wired together (as TinyEMU does it):
 read it first to see the whole platform.
 
-    guest-physical 0 .. mem_size        RAM (host memory, mapped into unicorn by pointer)
+    guest-physical 0 .. mem_size        RAM (shared memory the host world can reach, mapped
+                                        into unicorn by pointer: hosted/shared_memory.py)
       0xE0000 / 0xF0000                 ACPI and MP tables (written into RAM at boot)
     0xCFFFF000                          open bus: where shadows map guest-physical
                                         addresses with nothing behind them (MMIO:
@@ -38,7 +39,7 @@ import mmap
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, Uc
 from unicorn import x86_const as X
@@ -49,7 +50,7 @@ from bt_vmm.devices.acpi_pm import AcpiPm
 from bt_vmm.devices.bus import PortBus
 from bt_vmm.devices.debug_exit import DebugExit
 from bt_vmm.devices.i8042 import I8042
-from bt_vmm.devices.ide import IdeChannel
+from bt_vmm.devices.ide import DiskBackend, IdeChannel
 from bt_vmm.devices.ioapic import IoApic
 from bt_vmm.devices.lapic import LocalApic
 from bt_vmm.devices.pci import PciHost, build_i440fx
@@ -59,8 +60,9 @@ from bt_vmm.devices.port92 import Port92
 from bt_vmm.devices.rtc import Rtc
 from bt_vmm.devices.uart16550 import Uart16550
 from bt_vmm.errors import EXIT_RESET, GuestExit
+from bt_vmm.hosted.alarm import Alarm
 from bt_vmm.hosted.console import ConsoleInput, SerialSink
-from bt_vmm.hosted.disk import DiskImage
+from bt_vmm.hosted.shared_memory import SharedMemory
 from bt_vmm.loaders import BootImage
 from bt_vmm.machine import firmware
 from bt_vmm.machine.clock import GuestClock
@@ -99,8 +101,8 @@ class Devices:
 
 
 class Machine:
-    def __init__(self, mem_size: int, sink: SerialSink, disks: Sequence[DiskImage] = (),
-                 clock: GuestClock | None = None) -> None:
+    def __init__(self, mem_size: int, sink: SerialSink, disks: Sequence[DiskBackend] = (),
+                 clock: GuestClock | None = None, memory: SharedMemory | None = None) -> None:
         self.mem_size = mem_size
         self.sink = sink
         # Devices count guest time: host time minus the time the machine stood
@@ -113,10 +115,12 @@ class Machine:
         # reads and writes it directly, and write-protecting one page (a trace)
         # does not make unicorn copy the whole RAM block, as it does for
         # memory it allocated itself (about 1 ms instead of 90 ms for 64 MiB).
-        self.ram = mmap.mmap(-1, mem_size)
+        # It is shared memory, so that the host world can reach it too.
+        self.memory = memory if memory is not None else SharedMemory(mem_size)
+        self.ram = self.memory.ram
         self._ram_ptr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
         uc.mem_map_ptr(0, mem_size, UC_PROT_ALL, self._ram_ptr)
-        # The monitor region is host memory too: the timer thread raises the
+        # The monitor region is host memory too: the alarm's thread raises the
         # TC's preemption flag with a plain store, no unicorn call.
         self.mon = mmap.mmap(-1, MON_SIZE)
         uc.mem_map_ptr(MON_BASE, MON_SIZE, UC_PROT_ALL,
@@ -138,11 +142,15 @@ class Machine:
         self.vcpu.invlpg = self.mmu.invlpg
         self.host_event = threading.Event()
         self.on_host_input = lambda: None        # the engine's wake-up for running emulation
+        # The alarm the engine arms with the next timer deadline: a thread here,
+        # or the host world's when it is its own process (hosted/alarm.py).
+        self.make_alarm: Callable[[Callable[[], None]], Alarm] = Alarm
+        self.world_switch = None    # the VMM world's crossings to the host world (switch.py), if any
         self.console_input: ConsoleInput | None = None
         self._build_devices(disks)
 
     # --- devices ------------------------------------------------------------------
-    def _build_devices(self, disks: Sequence[DiskImage]) -> None:
+    def _build_devices(self, disks: Sequence[DiskBackend]) -> None:
         clock = self.clock
         lapic = LocalApic(clock)
         ioapic = IoApic(lapic)
@@ -246,9 +254,9 @@ class Machine:
             self.on_host_input()
         self.console_input = ConsoleInput(fd, arrived)
 
-    def wait_for_event(self, timeout: float | None) -> None:
-        """Sleep while the guest halts, until `timeout` or host input arrives."""
-        self.host_event.wait(timeout)
+    def wait_for_event(self) -> None:
+        """Sleep while the guest halts, until the alarm or host input wakes it."""
+        self.host_event.wait()
         self.host_event.clear()
 
     def close(self) -> None:

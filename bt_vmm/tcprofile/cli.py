@@ -152,10 +152,7 @@ def start_recording():
     return TCRecorder()
 
 
-def finish_recording(recorder, engine, result, path: str, guest: str) -> None:
-    from bt_vmm.tcprofile.format import write_profile
-    doc = recorder.profile(engine, result, guest=guest)
-    try:
-        write_profile(doc, path)
-    except OSError as e:
-        raise BadInput(f"--tc-profile: cannot write {path}: {e.strerror}") from None
+def recorded_profile(recorder, engine, result, guest: str) -> bytes:
+    """The profile file's bytes (the host world writes them to --tc-profile's FILE)."""
+    from bt_vmm.tcprofile.format import encode_profile
+    return encode_profile(recorder.profile(engine, result, guest=guest))

@@ -68,11 +68,15 @@ _CCF_KEYS = {"id": int, "generation": int, "pc": int, "guest": str, "code": str,
              "callouts": list, "executions": int}
 
 
+def encode_profile(doc: dict[str, Any]) -> bytes:
+    """A profile document as the file holds it (gzip'd compact JSON)."""
+    return gzip.compress(json.dumps(doc, separators=(",", ":")).encode(), mtime=0)
+
+
 def write_profile(doc: dict[str, Any], path: str) -> None:
-    """Write a profile document (gzip'd compact JSON)."""
-    data = json.dumps(doc, separators=(",", ":")).encode()
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-        f.write(data)
+    """Write a profile document to `path`."""
+    with open(path, "wb") as f:
+        f.write(encode_profile(doc))
 
 
 def read_profile(path: str) -> dict[str, Any]:

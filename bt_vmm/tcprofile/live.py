@@ -1,13 +1,17 @@
 """`bt-vmm run --stats live`: a rich panel of the main counters, redrawn about
 four times a second while the guest runs.
 
-The panel is drawn by rich.live's own refresh thread. That thread never calls
-unicorn: it reads Python-side counters (the TC's, the engine's exits, the
-shadow MMU's) and the CCFs' execution counters straight out of the monitor
-region's host memory (an mmap the machine owns). Those reads race with the
-monitor thread, harmlessly: a counter read a moment early is still a counter,
-and a dictionary that grows while it is copied is read again at the next
-refresh. The guest pays only for the GIL the thread holds while rendering.
+The panel is drawn in the host world, which owns the terminal, by rich.live's
+own refresh thread; the counters are read in the VMM world by a
+`CounterReader` (with the host world in its own process, on the VMM world's
+event thread, asked with a "snapshot" event; with --hosted inproc, on the
+refresh thread itself). The reader never calls unicorn: it reads Python-side
+counters (the TC's, the engine's exits, the shadow MMU's) and the CCFs'
+execution counters straight out of the monitor region's host memory (an mmap
+the machine owns). Those reads race with the monitor thread, harmlessly: a
+counter read a moment early is still a counter, and a dictionary that grows
+while it is copied is read again at the next refresh. The guest pays only for
+the GIL the reading thread holds.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import struct
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.live import Live
@@ -29,14 +33,66 @@ REFRESH_PER_SECOND = 4
 _Q = struct.Struct("<Q")
 
 
+class CounterReader:
+    """The main counters of a running engine, read from another thread."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self._retired_seen = 0
+        self._retired_insns = 0
+        self._snap: dict[str, Any] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        for _ in range(3):
+            try:
+                self._snap = self._read(self.engine)
+                return self._snap
+            except RuntimeError:      # a dict grew while it was copied: try again
+                continue
+        return self._snap
+
+    def _read(self, e) -> dict[str, Any]:
+        tc = e.tcache
+        s = tc.stats
+        exits = dict(e.exits)
+        mon = e.m.mon
+        insns = None
+        lookups = None
+        if tc.translator.count:
+            retired = tc.retired
+            while self._retired_seen < len(retired):     # append-only: harvested counts
+                c = retired[self._retired_seen]
+                self._retired_insns += c.executions * len(c.code.tu.insns)
+                self._retired_seen += 1
+            live = 0
+            for c in list(tc._ccfs):
+                if c.dead:
+                    live += c.executions * len(c.code.tu.insns)
+                else:
+                    live += _Q.unpack_from(mon, R.COUNTERS + 8 * c.slot)[0] * len(c.code.tu.insns)
+            insns = self._retired_insns + live + e.insns_direct
+            lookups = _Q.unpack_from(mon, R.N_LOOKUPS)[0]
+        return {
+            "translated": s["translated"], "guest_bytes": s["guest_bytes"], "ccf_bytes": s["ccf_bytes"],
+            "chained": s["chained"], "occupancy": tc.occupancy, "capacity": tc._tc_hi - tc._alloc_lo,
+            "generation": tc.generation,
+            "exits": exits, "exits_total": sum(exits.values()),
+            "lookups": lookups, "misses": exits.get("lookup-miss", 0),
+            "invalidations": sum(dict(tc.invalidations).values()),
+            "flushes": sum(dict(tc.flushes).values()),
+            "trace_faults": e.traces.trace_faults,
+            "insns": insns, "user": e.user_mode, "engine": e.name,
+        }
+
+
 class LivePanel:
-    """Reads an engine's counters from another thread and shows them."""
+    """Shows the counters a source gives (see `start`), redrawn from its own thread."""
 
     def __init__(self, console: Console | None = None, refresh_per_second: float = REFRESH_PER_SECOND,
                  title: str = "bt-vmm") -> None:
         self.console = console or Console(stderr=True, highlight=False)
         self.title = title
-        self.engine = None
+        self._source: Callable[[], dict[str, Any]] | None = None
         self.refreshes = 0
         self.busy_seconds = 0.0      # CPU time the refresh thread spent reading and drawing
         self._rate = refresh_per_second
@@ -44,13 +100,12 @@ class LivePanel:
         self._t0 = time.perf_counter()
         self._last: tuple[float, int, int] | None = None      # (time, exits, insns)
         self._rates: tuple[float, float] | None = None
-        self._retired_seen = 0
-        self._retired_insns = 0
-        self._snap: dict[str, Any] = {}
 
     # --- lifecycle ------------------------------------------------------------------
-    def start(self, engine) -> None:
-        self.engine = engine
+    def start(self, source) -> None:
+        """Start drawing the counters of `source`: an engine in this process,
+        or a function that returns a CounterReader snapshot (the VMM world's)."""
+        self._source = source if callable(source) else CounterReader(source).snapshot
         self._t0 = time.perf_counter()
         self._live = Live(get_renderable=self._render, console=self.console,
                           refresh_per_second=self._rate, redirect_stdout=False,
@@ -81,52 +136,13 @@ class LivePanel:
     def on_terminal(self) -> bool:
         return self.console.is_terminal
 
-    # --- reading counters (on the refresh thread) ------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        e = self.engine
-        if e is None:
+        """The source's counters now, with the time since `start`."""
+        if self._source is None:
             return {}
-        for _ in range(3):
-            try:
-                return self._read(e)
-            except RuntimeError:      # a dict grew while it was copied: try again
-                continue
-        return self._snap
-
-    def _read(self, e) -> dict[str, Any]:
-        tc = e.tcache
-        s = tc.stats
-        exits = dict(e.exits)
-        mon = e.m.mon
-        insns = None
-        lookups = None
-        if tc.translator.count:
-            retired = tc.retired
-            while self._retired_seen < len(retired):     # append-only: harvested counts
-                c = retired[self._retired_seen]
-                self._retired_insns += c.executions * len(c.code.tu.insns)
-                self._retired_seen += 1
-            live = 0
-            for c in list(tc._ccfs):
-                if c.dead:
-                    live += c.executions * len(c.code.tu.insns)
-                else:
-                    live += _Q.unpack_from(mon, R.COUNTERS + 8 * c.slot)[0] * len(c.code.tu.insns)
-            insns = self._retired_insns + live + e.insns_direct
-            lookups = _Q.unpack_from(mon, R.N_LOOKUPS)[0]
-        snap = {
-            "elapsed": time.perf_counter() - self._t0,
-            "translated": s["translated"], "guest_bytes": s["guest_bytes"], "ccf_bytes": s["ccf_bytes"],
-            "chained": s["chained"], "occupancy": tc.occupancy, "capacity": tc._tc_hi - tc._alloc_lo,
-            "generation": tc.generation,
-            "exits": exits, "exits_total": sum(exits.values()),
-            "lookups": lookups, "misses": exits.get("lookup-miss", 0),
-            "invalidations": sum(dict(tc.invalidations).values()),
-            "flushes": sum(dict(tc.flushes).values()),
-            "trace_faults": e.traces.trace_faults,
-            "insns": insns, "user": e.user_mode, "engine": e.name,
-        }
-        self._snap = snap
+        snap = self._source()
+        if snap:
+            snap = dict(snap, elapsed=time.perf_counter() - self._t0)
         return snap
 
     def _render(self):
