@@ -58,12 +58,12 @@ class Snapshot:
 def _mon_pt(engine: BTEngine, kpde: tuple) -> bytes:
     # accessed and dirty bits aside: the CPU's page walks set them
     mmu = engine.mmu
-    return b"".join(struct.pack("<Q", mmu._peek((half & ~0xFFF) + 8 * i) & ~0x60)
-                    for half in kpde for i in range(512))
+    return b"".join(struct.pack("<Q", mmu._peek((table & ~0xFFF) + 8 * i) & ~0x60)
+                    for table in kpde for i in range(512))
 
 
 def _pdes(engine: BTEngine, view) -> tuple:
-    return tuple(e & ~0x60 for e in engine.mmu.pde(view, engine.placement.pde))
+    return tuple(e & ~0x60 for index in engine.placement.pdes for e in engine.mmu.pde(view, index))
 
 
 def snapshot(engine: BTEngine) -> Snapshot:
@@ -341,7 +341,7 @@ def test_monitor_region_access_changes_nothing_of_the_monitor(name, access, reas
 
 
 def test_kernel_touching_the_unmapped_region_gets_a_page_fault():
-    """The guest does not map 0xFFC00000: a not-present #PF, as on hardware;
+    """The guest does not map the region's range: a not-present #PF, as on hardware;
     the monitor stays where it is."""
     run = run_hostile(paging_on() + f"mov eax, [{MON_DATA + 0x10}]; {exit_with(1)}" + RECORD)
     assert run.result.status == EXIT_OK, run.result
@@ -350,24 +350,24 @@ def test_kernel_touching_the_unmapped_region_gets_a_page_fault():
 
 
 def test_kernel_mapping_the_monitor_range_gets_its_own_memory():
-    """The guest maps 0xFFC00000 (onto its first 4 MiB): the monitor moves to a
+    """The guest maps the region's range (onto its first 4 MiB): the monitor moves to a
     range the guest does not use and the guest reads its own memory there."""
-    run = run_hostile(f"mov dword ptr [0x10], 0x12345678;"
-                      + paging_on(f"mov dword ptr [{PD} + 1023*4], {PT0} + 3")
+    run = run_hostile("mov dword ptr [0x10], 0x12345678;"
+                      + paging_on(f"mov dword ptr [{PD} + {MON_BASE >> 22}*4], {PT0} + 3")
                       + f"mov eax, [{MON_DATA + 0x10}]; mov [{DATA} + 12], eax; {POWEROFF}" + RECORD)
     assert run.result.status == EXIT_OK, run.result
     assert run.u32(DATA + 12) == 0x12345678
     assert run.engine.exits["monitor-moved"] == 1
-    assert run.engine.placement.pde not in (0, 1023)
+    assert MON_BASE >> 22 not in run.engine.placement.pdes
 
 
 def test_user_code_mapping_the_monitor_range_gets_its_own_memory():
-    """Ring 3 reads its own code page through a mapping at 0xFFC00000."""
+    """Ring 3 reads its own code page through a mapping at the region's address."""
     run = run_ring3(f"mov eax, [{MON_DATA}]; int 0x80",
                     f"syscall_handler: mov [{DATA} + 12], eax; {POWEROFF}\n" + RECORD,
-                    setup=f"mov dword ptr [{PD} + 1023*4], {PT_USER} + 7")
+                    setup=f"mov dword ptr [{PD} + {MON_BASE >> 22}*4], {PT_USER} + 7")
     assert run.result.status == EXIT_OK, run.result
-    assert run.u32(DATA + 12) == 0xC00000A1          # the first bytes of `mov eax, [0xffc00000]`
+    assert run.u32(DATA + 12) == 0x000000A1 | (MON_BASE & 0xFFFFFF) << 8   # the first bytes of `mov eax, [MON_BASE]`
     assert run.engine.exits["monitor-moved"] == 1
 
 

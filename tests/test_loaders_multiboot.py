@@ -389,12 +389,13 @@ def test_bss_beyond_ram() -> None:
 
 
 def test_kernel_overlaps_monitor() -> None:
-    data = build_elf([Seg(0xFFC00000, CODE)], 0xFFC00000)
-    assert_bad(data, "overlaps the monitor region at 0xffc00000", mem=3 << 30)
-    data = build_elf([Seg(0xFFBFF000, CODE, memsz=0x2000)], 0xFFBFF000)
-    assert_bad(data, "overlaps the monitor region at 0xffc00000")
+    at = f"overlaps the monitor region at {MON_BASE:#x}"
+    data = build_elf([Seg(MON_BASE, CODE)], MON_BASE)
+    assert_bad(data, at, mem=3 << 30)
+    data = build_elf([Seg(MON_BASE - 0x1000, CODE, memsz=0x2000)], MON_BASE - 0x1000)
+    assert_bad(data, at)
     data = build_elf([Seg(0xFFFFF000, CODE, memsz=0x10000)], 0xFFFFF000)
-    assert_bad(data, "overlaps the monitor region at 0xffc00000")
+    assert_bad(data, at)
 
 
 def test_segment_in_vga_hole() -> None:

@@ -13,7 +13,8 @@ read it first to see the whole platform.
     0xD0000000 ..                       shadow page-table pool (unicorn-physical only)
     0xFEC00000                          IOAPIC (MMIO)
     0xFEE00000                          local APIC (MMIO)
-    linear 0xFFC00000 .. 4 GiB          the monitor region (see tcache/region.py)
+    linear 0xFF800000 .. 4 GiB          the monitor region, until the guest wants that range
+                                        (unicorn-physical 0xFF800000 always; see tcache/region.py)
 
     I/O 0x20-0x21, 0xA0-0xA1, 0x4D0-1   8259A PIC pair + ELCR          IRQ lines 0-15
     I/O 0x40-0x43, 0x61                 8254 PIT, port B                IRQ0 (IOAPIC pin 2)

@@ -46,7 +46,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn import x86_const as X
 
 from bt_vmm.errors import Unsupported
-from bt_vmm.machine.layout import MON_BASE, PAGE_SIZE
+from bt_vmm.machine.layout import MON_BASE, MON_PDES, MON_SIZE, PAGE_SIZE
 from bt_vmm.machine.memory import GuestFault
 from bt_vmm.shadow_mmu.traces import PageTraces
 from bt_vmm.tcache import region as R
@@ -219,19 +219,19 @@ class ShadowMMU:
         self.stats["resets"] += 1
 
     # --- spaces -------------------------------------------------------------------
-    def _monitor_pt(self, supervisor_pages: set[int]) -> tuple[int, int]:
+    def _monitor_pt(self, supervisor_pages: set[int]) -> list[tuple[int, int]]:
         """The kernel view's directory entries for the monitor region: user
         pages under SMAP (out of the translated kernel's reach), except the
         given pages, which are supervisor and read-only: the TC's preemption
         bounds, which the TC reads without toggling AC (and, for ring 1, the
         shadow GDT). Only the TC is executable."""
-        lo, hi = self._alloc(), self._alloc()
-        for i in range(1024):
+        tables = [self._alloc() for _ in range(2 * MON_PDES)]
+        for i in range(MON_SIZE >> 12):
             off = i << 12
             flags = 0 if off in supervisor_pages else RW | US
-            self._put((lo if i < HALF else hi) + 8 * (i % HALF),
+            self._put(tables[i // HALF] + 8 * (i % HALF),
                       (MON_BASE + off) | P | flags | (0 if off >= R.TC_BASE else NX))
-        return lo | P | RW | US, hi | P | RW | US
+        return [(tables[2 * k] | P | RW | US, tables[2 * k + 1] | P | RW | US) for k in range(MON_PDES)]
 
     def run_kernel_natively(self) -> None:
         """The trap-and-emulate engine runs guest kernel code at ring 1, as is:
@@ -249,38 +249,54 @@ class ShadowMMU:
 
     def _map_monitor(self, space: Space) -> None:
         """The region's directory entries at its placement: the kernel view's
-        page table, and for the user view two supervisor-only 2 MiB pages."""
-        index = self.placement.pde
-        if index in space.pts:
-            self._unlink(space, index)
-        self._set_pde(space.kview, index, *self._monitor_kpde)
-        self._set_pde(space.uview, index, MON_BASE | P | RW | PS, (MON_BASE + BIG // 2) | P | RW | PS)
+        page tables, and for the user view supervisor-only 2 MiB pages."""
+        for k, index in enumerate(self.placement.pdes):
+            if index in space.pts:
+                self._unlink(space, index)
+            self._set_pde(space.kview, index, *self._monitor_kpde[k])
+            frame = MON_BASE + (k << 22)
+            self._set_pde(space.uview, index, frame | P | RW | PS, (frame + BIG // 2) | P | RW | PS)
 
-    def move_monitor(self, old_pde: int) -> None:
+    def move_monitor(self, old_pdes: range) -> None:
         """The placement changed: unmap the region from its old directory
-        entry in every shadow (the guest's own mapping there is filled on
-        demand from now on) and map it at the new one."""
+        entries in every shadow (the guest's own mappings there are filled on
+        demand from now on) and map it at the new ones."""
         for space in self.spaces.values():
-            self._set_pde(space.kview, old_pde, 0, 0)
-            self._set_pde(space.uview, old_pde, 0, 0)
+            for index in old_pdes:
+                self._set_pde(space.kview, index, 0, 0)
+                self._set_pde(space.uview, index, 0, 0)
             self._map_monitor(space)
         self._load()
 
     def free_monitor_pde(self) -> int:
-        """A 4 MiB linear range for the region that no guest address space
+        """A linear range for the region (its first directory index) that no guest address space
         this monitor knows maps, and that RAM and device pages (identity
-        mapped while paging is off) leave alone; the highest such, as guests
-        fill their address spaces from the bottom of each area."""
+        mapped while paging is off) leave alone: the middle of the longest
+        run of such ranges. Kernels fill a free area from one end (Linux's
+        vmalloc area from the bottom) and keep fixed structures at its edges
+        (the fixmap and the CPU entry area at the top), so the middle is
+        where the guest comes last -- and each move costs a TC flush."""
         busy = [(0, self.ram_size)] + self._mmio
-        for index in range(1023, -1, -1):
+        directories = [space.cr3 for space in self.spaces.values() if space.cr3 >= 0]
+
+        def free(index: int) -> bool:
             lo, hi = index << 22, (index + 1) << 22
-            if index == self.placement.pde or any(b < hi and lo < b + s for b, s in busy):
-                continue
-            if any(self._rd(space.cr3 + 4 * index) & P for space in self.spaces.values()
-                   if space.cr3 >= 0):
-                continue
-            return index
-        raise Unsupported("no 4 MiB linear range is free for the monitor region")
+            return (index not in self.placement.pdes
+                    and not any(b < hi and lo < b + n for b, n in busy)
+                    and not any(self._rd(pd + 4 * index) & P for pd in directories))
+
+        best, run_start = (0, None), None
+        for index in range(1025):
+            if index < 1024 and free(index):
+                if run_start is None:
+                    run_start = index
+            elif run_start is not None:
+                best = max(best, (index - run_start, run_start))
+                run_start = None
+        length, start = best
+        if length < MON_PDES:
+            raise Unsupported(f"no {MON_SIZE >> 20} MiB linear range is free for the monitor region")
+        return start + (length - MON_PDES) // 2
 
     def _new_view(self, root: int, offset: int) -> View:
         view = View(root + offset, tuple(self._alloc() for _ in range(4)))
@@ -425,12 +441,14 @@ class ShadowMMU:
         if addr + 4 > self.ram_size:
             raise Unsupported(f"guest page table at {addr:#x} lies outside guest RAM")
 
-    def translate(self, linear: int, write: bool = False, user: bool = False) -> int:
-        """Guest-linear to guest-physical for the monitor's own accesses."""
+    def translate(self, linear: int, write: bool = False, user: bool = False, touch: bool = True) -> int:
+        """Guest-linear to guest-physical for the monitor's own accesses;
+        `touch=False` for a look that the guest's CPU would not make (no
+        accessed or dirty bits set)."""
         linear &= 0xFFFFFFFF
         if not self.paging:
             return linear
-        return self.walk(linear, write, user)[0]
+        return self.walk(linear, write, user, set_ad=touch)[0]
 
     # --- faults ---------------------------------------------------------------------
     def page_fault(self, linear: int, err: int, user: bool) -> None:
@@ -439,8 +457,8 @@ class ShadowMMU:
         fetch = bool(err & ERR_ID)
         if fetch and not user and self._kernel_nx:
             raise Unsupported(f"guest kernel code ran outside the TC at {linear:#x}")
-        if linear >> 22 == self.placement.pde:
-            if not self.paging or self._rd(self.cr3 + 4 * self.placement.pde) & P:
+        if linear >> 22 in self.placement.pdes:
+            if not self.paging or self._rd(self.cr3 + 4 * (linear >> 22)) & P:
                 raise RegionWanted(linear)
             self.stats["true-faults"] += 1
             # The guest's directory has no entry there: not present (P=0), though
@@ -503,12 +521,13 @@ class ShadowMMU:
     protects = False    # a trace owner whose pages stay writable (shadow_mmu/traces.py)
 
     def _remapped(self, linear: int, size: int) -> None:
-        """Tell the TC a mapping changed; from inside a write hook, at the next
-        exit (the TC's invalidation touches unicorn's TLB)."""
-        if self._traces.in_hook:
-            self._remaps.append((linear, size))
-        else:
-            self.on_remap(linear, size)
+        """Tell the TC a mapping changes, at the next exit: the new entry is in
+        place by then (a guest store reaches the owners before it lands, and
+        the TC compares where its code is now with where it was), and inside
+        a write hook the TC's invalidation must not touch unicorn's TLB. The
+        architecture allows the delay: until INVLPG or a CR3 load the CPU may
+        still use the old mapping."""
+        self._remaps.append((linear, size))
 
     def traced_write(self, phys: int, size: int) -> None:
         """The guest (or the monitor) writes a page holding a guest PD or PT."""

@@ -30,6 +30,12 @@ MEM_WRITE hook needs a TLB flush (stores through entries filled before it
 would bypass it). Hooks of pages no longer traced are deleted at `collect()`,
 outside emulation: untracing often happens in that very hook's callback, and
 deleting a hook frees the callback the binding is running.
+
+A code page that loses its last owner stays protected ("idle"), up to
+MAX_IDLE pages: a TC flush drops every CCF and the pages are traced again as
+the code is retranslated, and each protection change splits or merges
+unicorn's memory map (a cost that grows with the number of traced pages).
+An idle page is unprotected once the guest stores to it IDLE_WRITES times.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ from unicorn import UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT, UC_PROT_ALL, UC_P
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from bt_vmm.machine.layout import PAGE_SIZE
+
+MAX_IDLE = 4096         # protected pages kept with no owner
+IDLE_WRITES = 8         # stores an idle protected page takes before it is unprotected
 
 
 class TraceOwner(Protocol):
@@ -55,6 +64,7 @@ class PageTraces:
         self.owners: dict[int, set[TraceOwner]] = {}   # page -> owners
         self._hooks: dict[tuple[int, bool], int] = {}   # (page, protected) -> its unicorn hook
         self._idle: list[int] = []                      # hooks of untraced pages, to delete
+        self._idle_protected: dict[int, int] = {}       # page -> stores since it went idle
         self.trace_faults = 0
         self.in_hook = False          # inside a MEM_WRITE hook (see ShadowMMU._flush_tlb)
         # Called after each protection change (the engine clears unicorn's
@@ -71,10 +81,11 @@ class PageTraces:
         if not any(o.protects == protect for o in owners):
             key = (page, protect)
             if protect:
-                self._hooks[key] = self._uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._protected,
-                                                     begin=page, end=page + PAGE_SIZE - 1)
-                self._uc.mem_protect(page, PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
-                self.after_protect()
+                if self._idle_protected.pop(page, None) is None:
+                    self._hooks[key] = self._uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._protected,
+                                                         begin=page, end=page + PAGE_SIZE - 1)
+                    self._uc.mem_protect(page, PAGE_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+                    self.after_protect()
             else:
                 assert not self.in_hook, "a new trace inside a write hook cannot flush the TLB"
                 self._hooks[key] = self._uc.hook_add(UC_HOOK_MEM_WRITE, self._watched,
@@ -89,12 +100,20 @@ class PageTraces:
         owners.discard(owner)
         protect = owner.protects
         if not any(o.protects == protect for o in owners):
-            self._idle.append(self._hooks.pop((page, protect)))
             if protect:
-                self._uc.mem_protect(page, PAGE_SIZE, UC_PROT_ALL)
-                self.after_protect()
+                self._idle_protected[page] = 0
+                while len(self._idle_protected) > MAX_IDLE:
+                    self._unprotect(next(iter(self._idle_protected)))
+            else:
+                self._idle.append(self._hooks.pop((page, protect)))
         if not owners:
             del self.owners[page]
+
+    def _unprotect(self, page: int) -> None:
+        del self._idle_protected[page]
+        self._idle.append(self._hooks.pop((page, True)))
+        self._uc.mem_protect(page, PAGE_SIZE, UC_PROT_ALL)
+        self.after_protect()
 
     def collect(self) -> None:
         """Delete the hooks of pages no longer traced (call outside emulation)."""
@@ -133,4 +152,11 @@ class PageTraces:
         self.trace_faults += 1
         self.notify(addr, size)
         self._ram_write(addr, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        page = addr & ~(PAGE_SIZE - 1)
+        writes = self._idle_protected.get(page)
+        if writes is not None:
+            if writes + 1 >= IDLE_WRITES:
+                self._unprotect(page)
+            else:
+                self._idle_protected[page] = writes + 1
         return True

@@ -61,7 +61,7 @@ class CCF:
 class TCache:
     def __init__(self, uc: Uc, translator_factory: Callable[[int, int], Translator],
                  fetch: Callable[[int, int], bytes], traces: PageTraces,
-                 phys_of: Callable[[int], int], tc_size: int = R.TC_END - R.TC_BASE,
+                 phys_of: Callable[[int, bool], int], tc_size: int = R.TC_END - R.TC_BASE,
                  recorder=None, placement: R.Placement | None = None) -> None:
         self._uc = uc
         self.placement = placement or R.Placement()
@@ -242,14 +242,15 @@ class TCache:
             if any(insn.addr == addr for insn in ccf.tu.insns):
                 self.invalidate(ccf, "breakpoint")
 
-    def _phys_ranges(self, tu: TranslationUnit) -> list[tuple[int, int]]:
-        """The guest-physical bytes a TU was decoded from, page by page."""
+    def _phys_ranges(self, tu: TranslationUnit, touch: bool = True) -> list[tuple[int, int]]:
+        """The guest-physical bytes a TU was decoded from, page by page (with
+        `touch=False`, where they are now, setting no accessed bits)."""
         out = []
         addr, end = tu.pc, tu.end
         while addr < end:
             chunk = min(end, (addr & ~(PAGE_SIZE - 1)) + PAGE_SIZE) - addr
             try:
-                phys = self._phys_of(addr)
+                phys = self._phys_of(addr, touch)
             except GuestFault:
                 break
             out.append((phys, phys + chunk))
@@ -307,12 +308,16 @@ class TCache:
 
     def remapped(self, linear: int, size: int) -> None:
         """The guest changed the mapping of [linear, linear+size): CCFs decoded
-        through the old mapping may stand for other bytes now."""
+        through the old mapping stand for other bytes now -- unless their
+        bytes are still where they were (a kernel splitting a large page or
+        changing protections remaps thousands of code pages onto the same
+        frames: dropping those CCFs cost a Linux boot 30,000 retranslations)."""
         if not self._by_linear:
             return
         for page in range(linear & ~(PAGE_SIZE - 1), linear + size, PAGE_SIZE):
             for ccf in list(self._by_linear.get(page, ())):
-                self.invalidate(ccf, "remap")
+                if self._phys_ranges(ccf.tu, touch=False) != ccf.phys:
+                    self.invalidate(ccf, "remap")
 
     def invalidate(self, ccf: CCF, reason: str) -> None:
         if ccf.dead:

@@ -1,7 +1,8 @@
 """Layout of the monitor region: the monitor's data, tables and the translation cache.
 
-The region is 4 MiB of host memory that unicorn sees at physical MON_BASE and
-that every shadow address space maps at one 4 MiB-aligned linear address, the
+The region is MON_SIZE bytes of host memory that unicorn sees at physical
+MON_BASE and that every shadow address space maps at one 4 MiB-aligned
+linear address, the
 region's *placement* (MON_BASE to start with, the top of the address space as
 in the original VMware Workstation). When the guest wants that linear range
 for itself, the monitor moves the region to a range the guest does not use
@@ -20,7 +21,7 @@ use it.
 
 from __future__ import annotations
 
-from bt_vmm.machine.layout import MON_BASE, MON_SIZE
+from bt_vmm.machine.layout import MON_BASE, MON_PDES, MON_SIZE
 
 # --- the data page (offsets from GS base) -----------------------------------
 S_EAX = 0x000        # scratch: guest EAX while a rewrite sequence borrows it
@@ -36,7 +37,6 @@ VGS = 0x024          # guest GS selector (loaded into GS around gs: accesses)
 BUDGET = 0x028       # --max-insns: guest instructions left (signed)
 MON_GS_SEL = 0x02C   # the monitor's GS selector, reloaded after a GS swap
 N_LOOKUPS = 0x030    # u64: indirect lookups performed inside the TC
-PREEMPT_BOUNDS = 0x0FF000   # page of its own: the bounds the TC's `bound` preemption checks test
 DATA_SIZE = 0x1000
 
 # --- tables ------------------------------------------------------------------
@@ -44,13 +44,12 @@ LTABLE = 0x001000            # guest PC & 0xFFFF -> TC address (4 bytes each)
 LTABLE_ENTRIES = 0x10000
 SHADOW_GDT = 0x041000        # 8192 descriptors: guest slots + monitor slots at the top
 SHADOW_GDT_SIZE = 0x10000
-SHADOW_PT = 0x051000         # shadow page directory and tables
-SHADOW_PT_SIZE = 0x00F000
-COUNTERS = 0x060000          # u64 execution counter per CCF (up to 0x0A0000)
-# PREEMPT_BOUNDS (0x0FF000) is the one page of the region that the kernel view
-# maps supervisor and read-only: the TC tests it with no AC toggling.
-COUNTER_SLOTS = 0x8000
-TC_BASE = 0x100000           # translated code, to the end of the region
+COUNTERS = 0x060000          # u64 execution counter per CCF (up to 0x160000)
+COUNTER_SLOTS = 0x20000      # CCFs per TC generation: a Linux boot translates ~20,000 TUs
+PREEMPT_BOUNDS = 0x1FF000    # page of its own: the bounds the TC's `bound` preemption checks test;
+                             # the one page the kernel view maps supervisor and read-only, so the
+                             # TC tests it with no AC toggling
+TC_BASE = 0x200000           # translated code, to the end of the region
 TC_END = MON_SIZE
 # The smallest TC `--tc-size` accepts: the shared lookup code plus one CCF of
 # the largest kind (64 rewritten popfd come to about 8.6 KiB), with room to spare.
@@ -85,8 +84,13 @@ class Placement:
 
     @property
     def pde(self) -> int:
-        """The guest page-directory index the region occupies."""
+        """The first guest page-directory index the region occupies."""
         return self.base >> 22
+
+    @property
+    def pdes(self) -> range:
+        """The guest page-directory indices the region occupies."""
+        return range(self.base >> 22, (self.base >> 22) + MON_PDES)
 
     def guest_ranges(self) -> list[tuple[int, int]]:
         """The linear ranges [begin, end] outside the region (for hooks)."""

@@ -3,6 +3,9 @@
 
     python guests/linux/debian.py [--cache DIR]      # prints the bzImage and initramfs paths
 
+then `bt-vmm run --kernel BZIMAGE --initrd INITRAMFS -m 128M` boots it to a
+busybox shell on the console (`poweroff -f` ends the run).
+
 Uses the ordinary apt client against the machine's configured Debian
 archive, for the i386 architecture, with private lists and cache
 directories (no change to the host's dpkg configuration, no root needed for
@@ -133,17 +136,42 @@ def build_initramfs(busybox: Path, init: str = INIT, extra: dict[str, bytes] | N
     return gzip.compress(cpio_newc(entries), compresslevel=6, mtime=0)
 
 
+FORKTEST_SRC = Path(__file__).resolve().parent / "forktest.c"
+
+
+def build_forktest(out: Path) -> Path:
+    """guests/linux/forktest.c as a static i386 Linux program (no libc)."""
+    if shutil.which("gcc") is None:
+        raise FetchError("building forktest needs gcc (apt-get install gcc)")
+    proc = subprocess.run(
+        ["gcc", "-m32", "-march=i586", "-O2", "-ffreestanding", "-nostdlib", "-fno-pic", "-fno-pie",
+         "-fno-stack-protector", "-fcf-protection=none", "-static", "-Wl,-m,elf_i386",
+         "-Wl,--build-id=none", "-o", str(out), str(FORKTEST_SRC)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise FetchError(f"building forktest failed: {proc.stderr.strip()[-300:]}")
+    return out
+
+
+def guest(cache: Path = DEFAULT_CACHE) -> tuple[Path, Path]:
+    """(bzImage, initramfs with busybox and /bin/forktest), building what is missing."""
+    kernel, busybox = fetch(cache)
+    initrd = cache / "initramfs.cpio.gz"
+    fork = build_forktest(cache / "forktest")
+    data = build_initramfs(busybox, extra={"bin/forktest": fork.read_bytes()})
+    if not initrd.exists() or initrd.read_bytes() != data:
+        initrd.write_bytes(data)
+    return kernel, initrd
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"cache directory (default {DEFAULT_CACHE})")
     args = ap.parse_args()
     try:
-        kernel, busybox = fetch(args.cache)
+        kernel, initrd = guest(args.cache)
     except FetchError as e:
         print(f"debian.py: {e}", file=sys.stderr)
         return 1
-    initrd = args.cache / "initramfs.cpio.gz"
-    initrd.write_bytes(build_initramfs(busybox))
     print(kernel)
     print(initrd)
     return 0
