@@ -33,6 +33,7 @@ from asmkernel import DATA, POWEROFF, ListSink, build_kernel, read_u32, run_kern
 from test_cli import HELLO_ELF, aout_kludge_image, bt_vmm, elf64_header
 from bt_vmm.engines.bt import BTEngine, EngineOptions
 from bt_vmm.errors import BadInput
+from bt_vmm.tcache import region as R
 from bt_vmm.hosted.disk import DiskImage
 from bt_vmm.loaders import load_multiboot
 from bt_vmm.loaders.elf import parse_elf32
@@ -115,6 +116,8 @@ def _big_endian_elf() -> bytes:
     return bytes(data)
 
 
+_TC_KIB = (R.TC_END - R.TC_BASE) >> 10   # the largest TC the monitor region holds
+
 # (id, setup, argv, fragments the message must contain, disks to check unchanged)
 BAD_INPUT = [
     # --- files
@@ -188,7 +191,8 @@ BAD_INPUT = [
     # --- --tc-size
     ("tc-size-zero", _none, ["run", "--tc-size", "0"], ["--tc-size", "'0'", "minimum of 16 KiB"], []),
     ("tc-size-too-small", _none, ["run", "--tc-size", "8K"], ["--tc-size", "'8K'", "minimum"], []),
-    ("tc-size-too-big", _none, ["run", "--tc-size", "4M"], ["--tc-size", "'4M'", "3072 KiB"], []),
+    ("tc-size-too-big", _none, ["run", "--tc-size", f"{_TC_KIB + 1}K"],
+     ["--tc-size", f"'{_TC_KIB + 1}K'", f"{_TC_KIB} KiB"], []),
     ("tc-size-absurd", _none, ["run", "--tc-size", "64G"], ["--tc-size", "'64G'", "above"], []),
     ("tc-size-text", _none, ["run", "--tc-size", "lots"], ["--tc-size", "'lots'"], []),
     ("tc-size-with-trap-engine", _none, ["run", "--engine", "trap", "--tc-size", "64K"],
