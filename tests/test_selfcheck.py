@@ -262,6 +262,20 @@ def test_a_stopped_clock_stays_stopped_for_the_engine():
     assert clock.host(1.0) > time.monotonic() + 0.9
 
 
+def test_x87_pointers_keep_the_cs_their_instruction_ran_under():
+    # fnstenv stored the guest's current CS as FCS, not the one in effect at
+    # the last x87 instruction (here before a far call, then before a far return)
+    out = diff(f"""fld1; mov dword ptr [{L.FARPTR:#x}], S; mov word ptr [{L.FARPTR + 4:#x}], {L.SEL_CONF:#x};
+                   .byte 0xff, 0x1d; .long {L.FARPTR:#x}; jmp E;
+                   S: fnstenv [{L.DATA:#x}]; F: fldz; retf;
+                   E: fnstenv [{L.DATA + 0x40:#x}]; fxsave [{L.DATA + 0x200:#x}]""")
+    mem = out.bt.mem
+    assert struct.unpack_from("<IH", mem, L.DATA + 12) == (L.CODE_PAGE, L.SEL_CODE)
+    fip, fcs = struct.unpack_from("<IH", mem, L.DATA + 0x40 + 12)
+    assert fcs == L.SEL_CONF and mem[fip:fip + 2] == b"\xd9\xee"          # fldz, under the far call's CS
+    assert struct.unpack_from("<I", mem, L.DATA + 0x208)[0] == fip
+
+
 # --- the command ---------------------------------------------------------------------
 
 def test_selfcheck_command_runs_cases_and_prints_the_summary(tmp_path):

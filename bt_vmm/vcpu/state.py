@@ -13,6 +13,7 @@ import struct
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 from unicorn import Uc
 from unicorn import x86_const as X
@@ -93,6 +94,9 @@ class VCpu:
         # Called after CR0/CR3/CR4 writes: the shadow MMU follows the guest's paging.
         self.paging_changed = lambda: None
         self.invlpg = lambda linear: None
+        # Called with the old selector just before the guest's CS changes (the
+        # emulator puts the x87 instruction pointer in guest terms then).
+        self.cs_changing: Callable[[int], None] = lambda old: None
 
     # --- start-up -------------------------------------------------------------
     def reset_boot(self, code_sel: int = 0x08, data_sel: int = 0x10,
@@ -354,6 +358,9 @@ class VCpu:
         return Segment((selector & ~3) | new_cpl, Descriptor.unpack(raw))
 
     def set_cs(self, seg: Segment) -> None:
+        old = self.segs.get("cs")
+        if old is not None and old.selector != seg.selector:
+            self.cs_changing(old.selector)
         self.segs["cs"] = seg
         self._put_u32(R.VCS, seg.selector)
 
