@@ -276,6 +276,12 @@ def test_x87_pointers_keep_the_cs_their_instruction_ran_under():
     assert struct.unpack_from("<I", mem, L.DATA + 0x208)[0] == fip
 
 
+def test_sysenter_cs_keeps_32_bits():
+    # bits 63:32 of IA32_SYSENTER_CS ignore writes and read as zero (SDM vol. 4, table 2-2)
+    out = diff("mov ecx, 0x174; mov eax, 0x10; mov edx, 0x20410; wrmsr; mov edx, 5; rdmsr")
+    assert (out.bt.gprs[0], out.bt.gprs[2], out.bt.msrs[0]) == (0x10, 0, 0x10)
+
+
 # --- the command ---------------------------------------------------------------------
 
 def test_selfcheck_command_runs_cases_and_prints_the_summary(tmp_path):

@@ -50,6 +50,9 @@ MSR_PLATFORM_ID = 0x17
 MSR_BIOS_SIGN_ID = 0x8B      # microcode revision (EDX after a cpuid): no update loaded, 0
 MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
 MSR_MISC_ENABLE = 0x1A0
+# The bits an MSR keeps where not all 64 do (SDM vol. 4, table 2-2): bits
+# 63:32 of IA32_SYSENTER_CS ignore writes and read as zero.
+MSR_KEPT_BITS = {MSR_SYSENTER_CS: 0xFFFFFFFF}
 
 
 @dataclass
@@ -213,7 +216,7 @@ class VCpu:
             self.msr_handlers[index][1](value)
             return
         if index in self.msr:
-            self.msr[index] = value & 0xFFFFFFFFFFFFFFFF
+            self.msr[index] = value & MSR_KEPT_BITS.get(index, 0xFFFFFFFFFFFFFFFF)
             return
         if index == MSR_TSC:
             return   # TSC writes are not virtualized; the TSC keeps following the host clock
