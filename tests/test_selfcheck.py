@@ -282,6 +282,37 @@ def test_sysenter_cs_keeps_32_bits():
     assert (out.bt.gprs[0], out.bt.gprs[2], out.bt.msrs[0]) == (0x10, 0, 0x10)
 
 
+# An undefined flag consumed: BTC leaves OF/SF/AF/PF undefined, and unicorn's
+# value depends on where its blocks start (here the TC's `cli` and pushfd
+# sequences start new ones).
+CONSUMERS = ["dec word ptr cs:[0x21fc0]; cli; btc ecx, ecx; into",
+             "sti; mov eax, 0x4dab41d0; push esp; pop edx; cmpxchg dl, al; btc ecx, ecx; pushfd; pop ebp;"
+             "btc ax, 0x2c; pushfd; pop ebp"]
+
+
+@pytest.mark.parametrize("asm", CONSUMERS)
+def test_a_consumed_undefined_flag_ends_the_comparison(asm):
+    out = diff("jmp S; S: " + asm)
+    assert out.cut and out.consumer is not None
+    assert (out.bt.end, out.bt.vector) == ("fault", 3)               # the int3 put at the consumer
+
+
+def test_the_comparison_up_to_a_consumer_still_sees_earlier_differences(monkeypatch):
+    from bt_vmm.selfcheck import harness
+    real = harness.run_bt
+
+    def wrong_ebx(case, ram, m):
+        state, engine = real(case, ram, m)
+        state.gprs = state.gprs[:3] + (state.gprs[3] ^ 1,) + state.gprs[4:]
+        return state, engine
+    monkeypatch.setattr(harness, "run_bt", wrong_ebx)
+    out = run_case(asm_case("jmp S; S: mov ebx, 7; " + CONSUMERS[0]))
+    assert out.cut and out.diverged and [d.field for d in out.diffs] == ["ebx"]
+
+
+
+
+
 # --- the command ---------------------------------------------------------------------
 
 def test_selfcheck_command_runs_cases_and_prints_the_summary(tmp_path):
