@@ -766,12 +766,16 @@ def k_jmp_ind(c: Ctx) -> list[str]:
         if c.balanced:
             return [f"mov {r}, {lab}", f"jmp {r}"]
         return [*push_label(lab), "ret"]
-    # through a segment override (fs/gs are first loaded with the flat selector)
+    # through a segment override (fs/gs are first loaded with the flat selector).
+    # The target is stored through the same segment, whatever its base (an
+    # earlier item may have loaded DS or ES with the data-area selector), or
+    # for CS (flat, not writable) through SS, flat too.
     slot = L.DATA + (c.rng.randrange(0, 0x800) & ~3)
     seg = c.rng.choice(("ds", "ss", "es", "fs", "gs", "cs", "gs"))
     pre = [f"push {L.SEL_DATA:#x}", {"fs": b(0x0F, 0xA1), "gs": b(0x0F, 0xA9)}[seg]] if seg in ("fs", "gs") else []
+    store = f"mov dword ptr {'ss' if seg == 'cs' else seg}:[{slot:#x}], {lab}"
     modrm = [0x20 | R32_ENC[r]] if r != "ebp" else [0x65, 0x00]
-    return pre + [f"mov dword ptr [{slot:#x}], {lab}", f"mov {r}, {slot:#x}", b(SEG_PREFIX[seg], 0xFF, *modrm)]
+    return pre + [store, f"mov {r}, {slot:#x}", b(SEG_PREFIX[seg], 0xFF, *modrm)]
 
 
 R32_ENC = {"eax": 0, "ecx": 1, "edx": 2, "ebx": 3, "esp": 4, "ebp": 5, "esi": 6, "edi": 7}

@@ -195,13 +195,14 @@ class Summary:
             self.diverged += 1
             c["diverged"] += 1
             self.reports.append(r)
-        elif r.report:
-            self.shown.append(r)
-        elif r.inconclusive:
-            self.inconclusive += 1
-            c["inconclusive"] += 1
-            self.reasons[r.inconclusive] += 1
         else:
-            c[r.end] += 1
+            if r.report:
+                self.shown.append(r)
+            if r.inconclusive:
+                self.inconclusive += 1
+                c["inconclusive"] += 1
+                self.reasons[r.inconclusive] += 1
+            else:
+                c[r.end] += 1
         if r.consumer:
             c["undef-flag"] += 1

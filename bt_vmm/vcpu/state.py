@@ -355,8 +355,8 @@ class VCpu:
         if not desc.present:
             raise GuestFault(11, err)
         if desc.base != 0 or not desc.big:
-            raise Unsupported(f"code segment {selector:#x} with base {desc.base:#x} "
-                              f"{'32' if desc.big else '16'}-bit: only flat 32-bit code is translated")
+            raise Unsupported(f"code segment {selector:#x} (base {desc.base:#x}, {'32' if desc.big else '16'}-bit)"
+                              f" is not virtualized yet: only flat 32-bit code is translated")
         raw = self._set_accessed(selector, raw)
         return Segment((selector & ~3) | new_cpl, Descriptor.unpack(raw))
 
