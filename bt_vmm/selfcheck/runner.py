@@ -36,6 +36,7 @@ class Result:
     diverged: bool = False
     inconclusive: str | None = None
     consumer: bool = False          # consumed an undefined flag
+    cut: bool = False               # ... and was compared up to the consuming instruction only
     report: str = ""                # for divergences: the (shrunk) case, both states
     seconds: float = 0.0
 
@@ -92,7 +93,7 @@ class _Worker:
             category, spec, case = self.case_source(index)
             out = run_case(case)
             res = Result(index, category, out.ref.end, out.ref.vector, out.diverged, out.inconclusive,
-                         out.consumer is not None)
+                         out.consumer is not None, out.cut)
             if out.diverged:
                 if spec is not None and self.plan.shrink:
                     _, small = shrink(spec)
@@ -206,3 +207,5 @@ class Summary:
                 c[r.end] += 1
         if r.consumer:
             c["undef-flag"] += 1
+        if r.cut:
+            c["cut"] += 1
