@@ -137,8 +137,12 @@ def _run_both(case: Case) -> Outcome:
     for port in UNCLAIMED_PORTS:
         if m.bus._owners.get(port) is not None:       # the generator relies on it being free
             raise RuntimeError(f"port {port:#x} is claimed by a device: update the generator")
+    power_on = m.devices_state()
     ref = run_reference(case, ram, m.bus)
+    # Both runs start from the same devices: a reset is not enough (a master
+    # reset keeps the UART's divisor latch, which the reference may have written).
     m.bus.reset()
+    m.restore_devices(power_on)
     try:
         bt, _ = run_bt(case, ram, m)
     except Exception as e:      # a monitor bug is a divergence too, with its traceback
