@@ -33,11 +33,17 @@ class GuestClock:
         return self._wall_epoch + self()
 
     def guest(self, host: float) -> float:
-        """Guest time of host monotonic time `host` (while running)."""
+        """Guest time at host monotonic time `host` (while paused: the time it stands at)."""
+        if self._paused_at is not None:
+            return self._paused_at
         return host - self._offset
 
     def host(self, guest: float) -> float:
-        """Host monotonic time at which guest time `guest` comes (while running)."""
+        """Host monotonic time at which guest time `guest` comes (while paused:
+        as if the clock ran on from now, so that a watchdog sleeping until
+        then does not wake at once for ever)."""
+        if self._paused_at is not None:
+            return time.monotonic() + guest - self._paused_at
         return guest + self._offset
 
     @property

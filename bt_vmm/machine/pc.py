@@ -117,7 +117,13 @@ class Machine:
         # does not make unicorn copy the whole RAM block, as it does for
         # memory it allocated itself (about 1 ms instead of 90 ms for 64 MiB).
         # It is shared memory, so that the host world can reach it too.
-        self.memory = memory if memory is not None else SharedMemory(mem_size)
+        if memory is None:
+            # A machine on its own: no host world to hand the descriptor to, and
+            # the mappings are all it needs (a process making machine after
+            # machine, as the self-check does, ran out of descriptors).
+            memory = SharedMemory(mem_size)
+            memory.close_fd()
+        self.memory = memory
         self.ram = self.memory.ram
         self._ram_ptr = ctypes.addressof(ctypes.c_char.from_buffer(self.ram))
         uc.mem_map_ptr(0, mem_size, UC_PROT_ALL, self._ram_ptr)

@@ -17,6 +17,7 @@ from bt_vmm.engines.bt import BTEngine, EngineOptions
 from bt_vmm.errors import EXIT_INSN_LIMIT, EXIT_OK
 from bt_vmm.hosted.console import SerialSink
 from bt_vmm.loaders.multiboot import BootImage
+from bt_vmm.machine.clock import GuestClock
 from bt_vmm.machine.pc import Machine
 from bt_vmm.selfcheck import layout as L
 from bt_vmm.selfcheck.case import Case
@@ -28,6 +29,7 @@ from unicorn import x86_const as X
 
 TIMEOUT = 20.0                # seconds: only a hung BT side ever reaches it
 SMALL_TC = 12 << 10
+STILL_WALLCLOCK = 946684800.0         # 2000-01-01 00:00:00 UTC
 
 
 class Scratch:
@@ -62,8 +64,18 @@ def options(case: Case) -> EngineOptions:
     }[case.profile]
 
 
+def still_clock() -> GuestClock:
+    """Device time that stands still during a case (at guest time 0, on
+    2000-01-01), so that a read of a timer (PIT counters, ACPI PM timer, RTC)
+    gives the reference run and the BT run the same value, every time."""
+    clock = GuestClock()
+    clock.pause()
+    clock.restore({"now": 0.0, "wall_epoch": STILL_WALLCLOCK})
+    return clock
+
+
 def new_machine(case: Case, scratch_port: int) -> Machine:
-    m = Machine(case.ram_size, SerialSink())
+    m = Machine(case.ram_size, SerialSink(), clock=still_clock())
     m.bus.register(scratch_port, 4, Scratch(scratch_port))
     return m
 

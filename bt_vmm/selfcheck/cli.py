@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-COLUMNS = ("cases", "end", "fault", "halt", "next", "exit", "inconclusive", "undef-flag", "diverged")
+COLUMNS = ("cases", "end", "fault", "halt", "next", "exit", "inconclusive", "undef-flag", "cut", "diverged")
 
 
 def main(args) -> int:

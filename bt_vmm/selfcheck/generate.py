@@ -44,6 +44,8 @@ EXCLUSIONS = {
              "itself (no reference); int n is generated for every other vector",
     "ltr with a null selector": "unicorn loads it without a fault; the SDM (and bt_vmm) raise #GP(0)",
     "rdmsr/wrmsr outside the virtual CPU's MSRs": "unicorn reads unknown MSRs as 0 without #GP: no reference",
+    "bits 31:16 of IA32_SYSENTER_CS": "unicorn keeps only the selector (bits 15:0); the SDM (and bt_vmm) "
+                                       "keep bits 31:0 readable and writable",
     "rdtsc results, rdmsr of the TSC": "time-dependent; rdtsc is generated but its result is overwritten",
     "hlt with IF=1": "waits for an interrupt, and the harness has no interrupt source",
     "CR0.PE=0": "real mode is not virtualized (README, Current scope)",
@@ -764,12 +766,16 @@ def k_jmp_ind(c: Ctx) -> list[str]:
         if c.balanced:
             return [f"mov {r}, {lab}", f"jmp {r}"]
         return [*push_label(lab), "ret"]
-    # through a segment override (fs/gs are first loaded with the flat selector)
+    # through a segment override (fs/gs are first loaded with the flat selector).
+    # The target is stored through the same segment, whatever its base (an
+    # earlier item may have loaded DS or ES with the data-area selector), or
+    # for CS (flat, not writable) through SS, flat too.
     slot = L.DATA + (c.rng.randrange(0, 0x800) & ~3)
     seg = c.rng.choice(("ds", "ss", "es", "fs", "gs", "cs", "gs"))
     pre = [f"push {L.SEL_DATA:#x}", {"fs": b(0x0F, 0xA1), "gs": b(0x0F, 0xA9)}[seg]] if seg in ("fs", "gs") else []
+    store = f"mov dword ptr {'ss' if seg == 'cs' else seg}:[{slot:#x}], {lab}"
     modrm = [0x20 | R32_ENC[r]] if r != "ebp" else [0x65, 0x00]
-    return pre + [f"mov dword ptr [{slot:#x}], {lab}", f"mov {r}, {slot:#x}", b(SEG_PREFIX[seg], 0xFF, *modrm)]
+    return pre + [store, f"mov {r}, {slot:#x}", b(SEG_PREFIX[seg], 0xFF, *modrm)]
 
 
 R32_ENC = {"eax": 0, "ecx": 1, "edx": 2, "ebx": 3, "esp": 4, "ebp": 5, "esi": 6, "edi": 7}
@@ -1004,10 +1010,10 @@ def k_msr(c: Ctx) -> list[str]:
         return [f"mov ecx, {msr:#x}", "rdmsr"]
     value = c.imm()
     if msr == 0x174:
-        value &= 0xFFFF
+        value &= 0xFFFF                    # bits 31:16: see EXCLUSIONS
     if msr == 0x1A0:
         value = rng.choice((1, 0, 0x81, 0x1))
-    return [f"mov ecx, {msr:#x}", f"mov eax, {value:#x}", f"mov edx, {c.imm() if msr != 0x174 and msr != 0x1A0 else 0:#x}",
+    return [f"mov ecx, {msr:#x}", f"mov eax, {value:#x}", f"mov edx, {c.imm() if msr != 0x1A0 else 0:#x}",
             "wrmsr", "rdmsr"]
 
 

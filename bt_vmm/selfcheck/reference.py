@@ -8,13 +8,9 @@ model one machine. Port I/O goes to the same device bus the BT machine uses.
 Faults are taken from the INTR hook (the error code from the saved context,
 see vcpu/quirks.py) and #UD from emu_start's INSN_INVALID error.
 
-Two ways to run, because unicorn's values for flags the SDM leaves undefined
-depend on where its translation blocks start (its lazy-flag evaluation is
-specialised within a block): "blocks" runs the code in long blocks with no
-per-instruction hook (the executed instructions are recovered from a block
-hook), "step" runs every instruction as a block of its own. The harness
-compares the BT side with the first and, when the run consumed an undefined
-flag, accepts the second as well.
+The code runs in long blocks with no per-instruction hook, as it would
+untranslated; the executed instructions are recovered from a block hook (the
+harness follows the flags the SDM leaves undefined along them).
 """
 
 from __future__ import annotations
@@ -40,8 +36,7 @@ _GPRS = (X.UC_X86_REG_EAX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX, X.UC_X86_REG_EBX,
          X.UC_X86_REG_ESP, X.UC_X86_REG_EBP, X.UC_X86_REG_ESI, X.UC_X86_REG_EDI)
 _SEGS = (X.UC_X86_REG_CS, X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS,
          X.UC_X86_REG_SS)
-REF_BUDGET = 200_000           # instructions (step mode)
-REF_TIMEOUT_US = 5_000_000     # microseconds (block mode): generated code always terminates
+REF_TIMEOUT_US = 5_000_000     # microseconds: generated code always terminates
 
 _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
 
@@ -75,34 +70,22 @@ def new_uc(case: Case, ram: bytes) -> Uc:
     return uc
 
 
-def run_reference(case: Case, ram: bytes, bus: PortBus, step: bool = False) -> State:
+def run_reference(case: Case, ram: bytes, bus: PortBus) -> State:
     uc = new_uc(case, ram)
     faults = FaultState(uc)
-    st = State("reference-step" if step else "reference")
-    trace: list[int] = []            # step mode: executed instruction addresses
-    blocks: list[tuple[int, int]] = []   # block mode: executed blocks
+    st = State("reference")
+    blocks: list[tuple[int, int]] = []   # executed blocks (address, size)
     tu = _TuStop(case, ram) if case.tu_insns is not None else None
-    stepped = [False]
     last_insn = [None]
     captured = [False]
 
     def on_code(uc, address, size, _ud):
-        if step:
-            if stepped[0]:
-                uc.emu_stop()          # stop before the second instruction of this emu_start
-                return
-            stepped[0] = True
-        if tu is not None:
-            verdict = tu.check(address, step)
-            if verdict == "stop":
-                st.end, st.where = "next", address
-                uc.emu_stop()
-                return
-            if verdict == "terminal":
-                uc.emu_stop()          # run the TU's last instruction on its own (see _TuStop)
-                return
-        if step:
-            trace.append(address)
+        verdict = tu.check(address)
+        if verdict == "stop":
+            st.end, st.where = "next", address
+            uc.emu_stop()
+        elif verdict == "terminal":
+            uc.emu_stop()          # run the TU's last instruction on its own (see _TuStop)
 
     def on_block(uc, address, size, _ud):
         blocks.append((address, size))
@@ -113,7 +96,7 @@ def run_reference(case: Case, ram: bytes, bus: PortBus, step: bool = False) -> S
         st.end, st.vector, st.where = "fault", intno, eip
         # Faults report the faulting instruction; traps (int n, int3, into) the
         # next one, and push no error code.
-        prev = _insn_before(uc, eip, trace if step else None, blocks, intno)
+        prev = _insn_before(uc, eip, blocks, intno)
         soft = prev is not None
         if intno in ERR_VECTORS and not soft:
             st.error_code = err
@@ -149,45 +132,31 @@ def run_reference(case: Case, ram: bytes, bus: PortBus, step: bool = False) -> S
             uc.reg_write(reg, v)
         return 1
 
-    if step:
-        uc.hook_add(UC_HOOK_CODE, on_code)
-    else:
-        uc.hook_add(UC_HOOK_BLOCK, on_block)
-        if tu is not None:
-            # Hooks only at the TU's first and last instruction and outside it:
-            # the TU itself is translated without per-instruction hooks.
-            for lo, hi in tu.hook_ranges():
-                uc.hook_add(UC_HOOK_CODE, on_code, begin=lo, end=hi)
+    uc.hook_add(UC_HOOK_BLOCK, on_block)
+    if tu is not None:
+        # Hooks only at the TU's first and last instruction and outside it:
+        # the TU itself is translated without per-instruction hooks.
+        for lo, hi in tu.hook_ranges():
+            uc.hook_add(UC_HOOK_CODE, on_code, begin=lo, end=hi)
     uc.hook_add(UC_HOOK_INTR, on_intr)
     uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN)
     uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
     uc.hook_add(UC_HOOK_INSN, on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
     until = case.end if case.end is not None else 0xFFFFFFFF
-    eip = case.entry
     try:
-        if step:
-            while st.end == "error" and eip != until and len(trace) < REF_BUDGET:
-                stepped[0] = False
-                n = len(trace)
-                uc.emu_start(eip, until)
+        uc.emu_start(case.entry, until, timeout=REF_TIMEOUT_US)
+        if tu is not None and tu.at_terminal and st.end == "error":
+            # the TU's last instruction (a control transfer) alone: where it
+            # goes is the next TU
+            tu.stepping = True
+            blocks.append((tu.last.addr, tu.last.size))
+            uc.emu_start(tu.last.addr, until, count=1)
+            if st.end == "error":
                 eip = uc.reg_read(X.UC_X86_REG_EIP)
-                if len(trace) == n or (trace and bytes(uc.mem_read(trace[-1], 1)) == b"\xf4"
-                                       and eip == trace[-1] + 1):
-                    break              # nothing ran (a stop) or a hlt
-        else:
-            uc.emu_start(case.entry, until, timeout=REF_TIMEOUT_US)
-            if tu is not None and tu.at_terminal and st.end == "error":
-                # the TU's last instruction (a control transfer) alone: where it
-                # goes is the next TU
-                tu.stepping = True
-                blocks.append((tu.last.addr, tu.last.size))
-                uc.emu_start(tu.last.addr, until, count=1)
-                if st.end == "error":
-                    eip = uc.reg_read(X.UC_X86_REG_EIP)
-                    if tu.last.raw == b"\xf4" and eip == tu.last.next:
-                        st.end, st.where = "halt", tu.last.addr
-                    else:
-                        st.end, st.where = "next", eip
+                if tu.last.raw == b"\xf4" and eip == tu.last.next:
+                    st.end, st.where = "halt", tu.last.addr
+                else:
+                    st.end, st.where = "next", eip
     except UcError as e:
         eip = uc.reg_read(X.UC_X86_REG_EIP)
         if e.errno == UC_ERR_INSN_INVALID:
@@ -198,21 +167,23 @@ def run_reference(case: Case, ram: bytes, bus: PortBus, step: bool = False) -> S
             st.end, st.detail = "error", f"reference: {e} at {eip:#x}"
             return st
     eip = uc.reg_read(X.UC_X86_REG_EIP)
-    if not step:
-        trace = _trace_from_blocks(uc, blocks, st.where if st.end in ("next", "exit") else case.end)
+    trace = _trace_from_blocks(uc, blocks, st.where if st.end in ("next", "exit") else case.end)
     if st.end == "error":
         if eip > 0 and trace and trace[-1] == eip - 1 and bytes(uc.mem_read(eip - 1, 1)) == b"\xf4":
             st.end, st.where = "halt", eip - 1          # (also when the hlt is right before the end)
         elif case.end is not None and eip == case.end:
             st.end, st.where = "end", eip
         else:
-            st.end, st.detail = "error", f"reference: stopped at {eip:#x} (budget or timeout)"
+            st.end, st.detail = "error", f"reference: stopped at {eip:#x} (timeout)"
             return st
     if st.end == "fault":
-        # the faulting (or trapping) instruction changed no flags: leave it out
-        stop = st.where if last_insn[0] is None else last_insn[0]
+        # A faulting instruction did not run: leave it out. A trap (int n,
+        # int3, into) ran: it changed no arithmetic flag, but it may have read
+        # one (into reads OF), so it stays.
+        trap = last_insn[0]
+        stop = st.where if trap is None else trap
         if stop in trace:
-            del trace[len(trace) - 1 - trace[::-1].index(stop):]
+            del trace[len(trace) - trace[::-1].index(stop) - (trap is None):]
     st.trace = trace
     if not captured[0]:
         _read_state(uc, st, case.ram_size)
@@ -224,16 +195,13 @@ def run_reference(case: Case, ram: bytes, bus: PortBus, step: bool = False) -> S
 _TRAPS = ("int", "int3", "into", "int1")
 
 
-def _insn_before(uc: Uc, eip: int, trace: list[int] | None, blocks: list[tuple[int, int]],
-                 intno: int) -> int | None:
+def _insn_before(uc: Uc, eip: int, blocks: list[tuple[int, int]], intno: int) -> int | None:
     """For a trap (int n, int3, into: the only ones generated), the address of
     the instruction that trapped, which ends just before EIP; None for a fault,
     where EIP is the faulting instruction itself. (The instruction before a
     faulting one can be an int too -- an into that did not trap -- so the
     vector and OF must fit as well.)"""
-    if trace is not None:
-        cands = [trace[-1]] if trace and trace[-1] != eip else []
-    elif blocks and blocks[-1][0] <= eip < blocks[-1][0] + 0x1000:
+    if blocks and blocks[-1][0] <= eip < blocks[-1][0] + 0x1000:
         addr = blocks[-1][0]
         code = bytes(uc.mem_read(addr, eip - addr + 15))
         cands = [a for a, size, _, _ in _md.disasm_lite(code, addr) if a + size == eip]
@@ -274,10 +242,10 @@ class _TuStop:
     """Stops the reference where the BT side's budget stops it: at the first
     instruction of the next translation unit.
 
-    In block mode the only hooks are at the TU's first instruction, at its
-    last one when that is a control transfer, and outside the TU: the run stops
-    before the control transfer, which then runs on its own (one instruction),
-    so a branch back into the middle of the TU is seen too."""
+    The only hooks are at the TU's first instruction, at its last one when
+    that is a control transfer, and outside the TU: the run stops before the
+    control transfer, which then runs on its own (one instruction), so a
+    branch back into the middle of the TU is seen too."""
 
     def __init__(self, case: Case, ram: bytes) -> None:
         from bt_vmm.decoder import decode_tu
@@ -286,10 +254,7 @@ class _TuStop:
         self.pc = tu.pc
         self.last = tu.insns[-1]
         self.terminal = self.last.kind in TERMINAL
-        raw = self.last.raw
-        self.rep_last = raw[:1] in (b"\xf3", b"\xf2") or raw[:2] in (b"\x66\xf3", b"\x66\xf2")
         self.end = tu.end
-        self.started_last = False
         self.entered = False
         self.at_terminal = False
         self.stepping = False
@@ -300,32 +265,23 @@ class _TuStop:
             out.append((self.last.addr, self.last.addr))
         return out
 
-    def check(self, address: int, everywhere: bool) -> str | None:
+    def check(self, address: int) -> str | None:
         """Called from a code hook at `address`: None (run on), "stop" (this is
         the next TU) or "terminal" (stop before the TU's last instruction)."""
         if self.stepping:
             return None if address == self.last.addr else "stop"
         if address == self.pc and not self.entered:
             self.entered = True
-            if self.last.addr == self.pc:
-                self.started_last = True
-                if self.terminal and not everywhere:
-                    self.at_terminal = True
-                    return "terminal"
-            return None
-        if not everywhere and address == self.pc and not self.at_terminal:
-            return None                # another iteration of a rep-prefixed first instruction
-        if not everywhere:
-            if self.terminal and address == self.last.addr and not self.at_terminal:
+            if self.last.addr == self.pc and self.terminal:
                 self.at_terminal = True
                 return "terminal"
-            return "stop"
-        if self.started_last:
-            return None if (address == self.last.addr and self.rep_last) else "stop"
-        if address == self.last.addr:
-            self.started_last = True
             return None
-        return "stop" if (address == self.end or not (self.pc <= address < self.end)) else None
+        if address == self.pc and not self.at_terminal:
+            return None                # another iteration of a rep-prefixed first instruction
+        if self.terminal and address == self.last.addr and not self.at_terminal:
+            self.at_terminal = True
+            return "terminal"
+        return "stop"
 
 
 def _read_state(uc: Uc, st: State, ram_size: int) -> None:

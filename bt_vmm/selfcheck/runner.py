@@ -36,6 +36,7 @@ class Result:
     diverged: bool = False
     inconclusive: str | None = None
     consumer: bool = False          # consumed an undefined flag
+    cut: bool = False               # ... and was compared up to the consuming instruction only
     report: str = ""                # for divergences: the (shrunk) case, both states
     seconds: float = 0.0
 
@@ -92,7 +93,7 @@ class _Worker:
             category, spec, case = self.case_source(index)
             out = run_case(case)
             res = Result(index, category, out.ref.end, out.ref.vector, out.diverged, out.inconclusive,
-                         out.consumer is not None)
+                         out.consumer is not None, out.cut)
             if out.diverged:
                 if spec is not None and self.plan.shrink:
                     _, small = shrink(spec)
@@ -195,13 +196,16 @@ class Summary:
             self.diverged += 1
             c["diverged"] += 1
             self.reports.append(r)
-        elif r.report:
-            self.shown.append(r)
-        elif r.inconclusive:
-            self.inconclusive += 1
-            c["inconclusive"] += 1
-            self.reasons[r.inconclusive] += 1
         else:
-            c[r.end] += 1
+            if r.report:
+                self.shown.append(r)
+            if r.inconclusive:
+                self.inconclusive += 1
+                c["inconclusive"] += 1
+                self.reasons[r.inconclusive] += 1
+            else:
+                c[r.end] += 1
         if r.consumer:
             c["undef-flag"] += 1
+        if r.cut:
+            c["cut"] += 1

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Callable
 
 from capstone import x86_const as C
-from unicorn.x86_const import UC_X86_REG_EAX, UC_X86_REG_EDX
+from unicorn.x86_const import (UC_X86_REG_EAX, UC_X86_REG_EDX, UC_X86_REG_FCS, UC_X86_REG_FDS,
+                               UC_X86_REG_FIP)
 
 from bt_vmm.devices.bus import PortBus
 from bt_vmm.errors import GuestExit, EXIT_OK, Unsupported
@@ -43,6 +44,7 @@ HALT = -1   # returned by hlt with interrupts enabled: wait for an interrupt
 # so a guest's `rep insb` of 4 G bytes cannot keep the monitor past --timeout.
 REP_CHUNK = 4096
 CR4_DE = 1 << 3
+_X87_POINTERS = (UC_X86_REG_FIP, UC_X86_REG_FCS, UC_X86_REG_FDS)
 DR6_FIXED_1, DR7_FIXED_1 = 0xFFFF0FF0, 0x400
 
 
@@ -82,6 +84,7 @@ class Emulator:
         # TC address -> guest EIP (set by the engine): for the x87 instruction
         # pointer that fnstenv/fnsave/fxsave store.
         self.tc_to_guest: Callable[[int], int | None] | None = None
+        vcpu.cs_changing = self._x87_pointers_to_guest
 
     def fast_path(self, insn) -> Callable[[], None] | None:
         """A specialised handler for the hottest callouts, port I/O with a
@@ -359,29 +362,45 @@ class Emulator:
             return None
         raise Unsupported(f"no emulation for '{insn}' at {insn.addr:#x}")
 
-    # --- x87 environment stores ------------------------------------------------------
+    # --- the x87 instruction and data pointers ------------------------------------------
+    # An x87 instruction run in the TC records a TC address as FIP and the
+    # monitor's CS as FCS (and as FDS, after a cs: operand). The guest must see
+    # the guest PC the TC address maps to and the guest CS it ran under (SDM
+    # vol. 1, 8.1.8): the pointers are put in guest terms when the guest stores
+    # them, and before the guest's CS changes, while the CS they belong to is
+    # still known.
+    def _x87_guest_pointers(self, fip: int, fcs: int, fds: int, cs: int) -> tuple[int, int, int]:
+        """(FIP, FCS, FDS) as the guest sees them, for x87 instructions run under guest CS `cs`."""
+        guest = self.tc_to_guest(fip)
+        return (fip if guest is None else guest,       # (not a TC address: e.g. loaded by fldenv)
+                cs if fcs == R.MON_CS_SEL else fcs, cs if fds == R.MON_CS_SEL else fds)
+
     def _fpu_env(self, frame: Frame, insn) -> None:
-        """fnstenv/fnsave/fxsave already ran in the TC: the FIP they stored is a TC
-        address and FCS (and FDS after a cs: operand) the monitor's CS. Store the
-        guest's instead. (32-bit
-        formats; a 16-bit environment keeps only FIP's low half, which cannot be
-        mapped back.)"""
+        """fnstenv/fnsave/fxsave already ran in the TC: fix the pointers they
+        stored. (32-bit formats; a 16-bit environment keeps only FIP's low
+        half, which cannot be mapped back.)"""
         cs = insn.cs
         if self.tc_to_guest is None or (cs.prefix[2] == 0x66 and cs.id != C.X86_INS_FXSAVE):
             return None
         fip_off, fcs_off, fds_off = (8, 12, 20) if cs.id == C.X86_INS_FXSAVE else (12, 16, 24)
         ea = self._ea(frame, cs.operands[0])
-        guest_cs = self.vcpu.segs["cs"].selector
-        # FDS is the monitor's CS after an x87 load/store with a cs: override
-        if self.mem.read_u(ea + fds_off, 2) == R.MON_CS_SEL:
-            self.mem.write_u(ea + fds_off, 2, guest_cs)
-        guest = self.tc_to_guest(self.mem.read_u(ea + fip_off, 4))
-        if guest is None:
-            return None                     # not a TC address (e.g. loaded by fldenv)
-        self.mem.write_u(ea + fip_off, 4, guest)
-        if self.mem.read_u(ea + fcs_off, 2) == R.MON_CS_SEL:
-            self.mem.write_u(ea + fcs_off, 2, guest_cs)
+        fields = ((ea + fip_off, 4), (ea + fcs_off, 2), (ea + fds_off, 2))
+        stored = [self.mem.read_u(addr, size) for addr, size in fields]
+        fixed = self._x87_guest_pointers(*stored, self.vcpu.segs["cs"].selector)
+        for (addr, size), old, new in zip(fields, stored, fixed):
+            if new != old:
+                self.mem.write_u(addr, size, new)
         return None
+
+    def _x87_pointers_to_guest(self, old_cs: int) -> None:
+        """The guest's CS is about to change: x87 instructions run in the TC
+        since the last change ran under `old_cs`. Put the FPU's own pointers
+        in guest terms, for a later store (in the TC or in user code)."""
+        regs = self.vcpu.regs
+        if self.tc_to_guest is None or regs.read(UC_X86_REG_FCS) != R.MON_CS_SEL:
+            return                              # no x87 instruction ran in the TC since
+        fip, fds = regs.read_many((UC_X86_REG_FIP, UC_X86_REG_FDS))
+        regs.write_many(_X87_POINTERS, self._x87_guest_pointers(fip, R.MON_CS_SEL, fds, old_cs))
 
     # --- segment registers --------------------------------------------------------
     def _pop_seg(self, frame: Frame, insn) -> None:

@@ -13,6 +13,7 @@ import struct
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 from unicorn import Uc
 from unicorn import x86_const as X
@@ -49,6 +50,9 @@ MSR_PLATFORM_ID = 0x17
 MSR_BIOS_SIGN_ID = 0x8B      # microcode revision (EDX after a cpuid): no update loaded, 0
 MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
 MSR_MISC_ENABLE = 0x1A0
+# The bits an MSR keeps where not all 64 do (SDM vol. 4, table 2-2): bits
+# 63:32 of IA32_SYSENTER_CS ignore writes and read as zero.
+MSR_KEPT_BITS = {MSR_SYSENTER_CS: 0xFFFFFFFF}
 
 
 @dataclass
@@ -93,6 +97,9 @@ class VCpu:
         # Called after CR0/CR3/CR4 writes: the shadow MMU follows the guest's paging.
         self.paging_changed = lambda: None
         self.invlpg = lambda linear: None
+        # Called with the old selector just before the guest's CS changes (the
+        # emulator puts the x87 instruction pointer in guest terms then).
+        self.cs_changing: Callable[[int], None] = lambda old: None
 
     # --- start-up -------------------------------------------------------------
     def reset_boot(self, code_sel: int = 0x08, data_sel: int = 0x10,
@@ -209,7 +216,7 @@ class VCpu:
             self.msr_handlers[index][1](value)
             return
         if index in self.msr:
-            self.msr[index] = value & 0xFFFFFFFFFFFFFFFF
+            self.msr[index] = value & MSR_KEPT_BITS.get(index, 0xFFFFFFFFFFFFFFFF)
             return
         if index == MSR_TSC:
             return   # TSC writes are not virtualized; the TSC keeps following the host clock
@@ -348,12 +355,15 @@ class VCpu:
         if not desc.present:
             raise GuestFault(11, err)
         if desc.base != 0 or not desc.big:
-            raise Unsupported(f"code segment {selector:#x} with base {desc.base:#x} "
-                              f"{'32' if desc.big else '16'}-bit: only flat 32-bit code is translated")
+            raise Unsupported(f"code segment {selector:#x} (base {desc.base:#x}, {'32' if desc.big else '16'}-bit)"
+                              f" is not virtualized yet: only flat 32-bit code is translated")
         raw = self._set_accessed(selector, raw)
         return Segment((selector & ~3) | new_cpl, Descriptor.unpack(raw))
 
     def set_cs(self, seg: Segment) -> None:
+        old = self.segs.get("cs")
+        if old is not None and old.selector != seg.selector:
+            self.cs_changing(old.selector)
         self.segs["cs"] = seg
         self._put_u32(R.VCS, seg.selector)
 
