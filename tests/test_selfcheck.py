@@ -360,3 +360,16 @@ def test_selfcheck_rejects_a_missing_kernel():
     proc = subprocess.run([sys.executable, "-m", "bt_vmm", "selfcheck", "--kernel", "/nonexistent"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_a_pte_write_after_an_access_crossing_into_an_unfilled_page_is_seen():
+    # the crossing load faults on its second page; unicorn 2.1.4 then kept
+    # every memory hook silent until it left its CPU loop, so the trace of the
+    # page table missed the PTE write and `mov cr3` kept the old mapping
+    # (seed 1 cases 75922, 99009)
+    w1, w2 = L.WINDOW + 0x1000, L.WINDOW + 0x2000
+    out = diff(f"""push dword ptr [{w1 - 3:#x}]; pop ebx;
+                   mov dword ptr [{L.PT + 4 * (w1 >> 12):#x}], {w2 | 0x03:#x};
+                   mov ecx, cr3; mov cr3, ecx; mov edx, dword ptr [{w1 + 0x10:#x}]""", paging=True, cr0=0x10011)
+    assert out.bt.end == "end"
+    assert struct.unpack_from("<I", out.bt.mem, L.PT + 4 * (w1 >> 12))[0] == w2 | 0x23

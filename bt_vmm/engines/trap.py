@@ -155,7 +155,10 @@ class TrapEngine(BTEngine):
 
     def _asynchronous_stop(self) -> None:
         """A stop lands on an instruction boundary of native code, kernel or user."""
-        self.exits["async-stop"] += 1
+        if self._reenter:
+            self._reenter = False
+        else:
+            self.exits["async-stop"] += 1
         self._user_preempted()
 
     def _kernel_trap(self, vector: int) -> None:
@@ -174,7 +177,7 @@ class TrapEngine(BTEngine):
             cr2 = self.regs.read(X.UC_X86_REG_CR2)
             try:
                 self.mmu.page_fault(cr2, err, user=False)
-                self.exits["hidden-fault"] += 1
+                self._hidden_fault_done(cr2)
                 self._take_preemption(eip)
                 return
             except GuestFault as f:
