@@ -179,6 +179,7 @@ class BTEngine:
                     self.faults.reset()      # an exception cut short by the stop must not linger
                     self.traces.collect()
                     self.mmu.settle()
+                    reentered, self._reenter = self._reenter, False
                     if self._error is not None:
                         raise self._error
                     if self._stop is not None:
@@ -188,7 +189,7 @@ class BTEngine:
                     elif self._pending_fault is not None:
                         self._deliver_pending_fault()
                     elif not self._halted:
-                        self._asynchronous_stop()
+                        self._asynchronous_stop(counted=not reentered)
                 if self._stop is not None:
                     return self._ended(start)
                 eip = self.regs.read(X.UC_X86_REG_EIP)
@@ -473,12 +474,11 @@ class BTEngine:
         else:
             self.alarm.arm(self._next_deadline())
 
-    def _asynchronous_stop(self) -> None:
-        """Emulation stopped for a deadline or host input: deliver an interrupt
-        if one is due and the CPU is at a guest instruction boundary."""
-        if self._reenter:
-            self._reenter = False       # (an alarm's stop may have coincided: look anyway)
-        else:
+    def _asynchronous_stop(self, counted: bool = True) -> None:
+        """Emulation stopped for a deadline or host input (or only to re-enter
+        unicorn, not `counted`, when a deadline may have coincided): deliver an
+        interrupt if one is due and the CPU is at a guest instruction boundary."""
+        if counted:
             self.exits["async-stop"] += 1
         if self.user_mode:
             self._user_preempted()

@@ -153,11 +153,9 @@ class TrapEngine(BTEngine):
     def _fault(self, vector: int) -> None:          # #UD from the kernel (BT: in a CCF)
         self._kernel_trap(vector)
 
-    def _asynchronous_stop(self) -> None:
+    def _asynchronous_stop(self, counted: bool = True) -> None:
         """A stop lands on an instruction boundary of native code, kernel or user."""
-        if self._reenter:
-            self._reenter = False
-        else:
+        if counted:
             self.exits["async-stop"] += 1
         self._user_preempted()
 
