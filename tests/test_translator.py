@@ -96,3 +96,23 @@ def test_templates_are_assembled_once():
     templates.t("cli")
     templates.t("cli")
     assert templates.t.cache_info().misses == 1
+
+
+class _LossyKs:
+    """A keystone engine whose output lacks the template's field (as CI saw once)."""
+
+    def asm(self, text, addr):
+        return [0x90] * 16, 1
+
+
+def test_a_template_missing_its_field_asks_a_second_engine(monkeypatch):
+    monkeypatch.setattr(templates, "_ks", _LossyKs())
+    t = templates.Template("lea ecx, [ecx + {negpc}]", "negpc")
+    assert t.emit(negpc=0x12345678) == bytes.fromhex("8d8978563412")
+
+
+def test_a_template_missing_its_field_twice_says_what_keystone_returned(monkeypatch):
+    monkeypatch.setattr(templates, "_ks", _LossyKs())
+    monkeypatch.setattr(templates, "Ks", lambda *args: _LossyKs())
+    with pytest.raises(ValueError, match="negpc.*90909090"):
+        templates.Template("lea ecx, [ecx + {negpc}]", "negpc")
