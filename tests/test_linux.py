@@ -66,8 +66,8 @@ def test_debian_linux_boots_to_an_interactive_shell(linux_guest):
                                4, COMMAND_TIMEOUT)
         assert "sum=8955050" in loop
         forked = console.command("/bin/forktest; echo status=$?", 5, COMMAND_TIMEOUT)
-        assert forked.count("running") == 8
-        assert "8 children forked and reaped, all statuses right" in forked and "status=0" in forked
+        assert forked.count("running") == 8, forked
+        assert "8 children forked and reaped, all statuses right" in forked and "status=0" in forked, forked
         console.type("poweroff -f\r")
         status = console.proc.wait(timeout=COMMAND_TIMEOUT)
         assert status == 0, console.proc.stderr.read().decode(errors="replace")[-3000:]

@@ -61,7 +61,10 @@ void _start(void)
         }
         int code = (status >> 8) & 0xff;     /* WEXITSTATUS */
         if ((status & 0x7f) != 0 || code < 10 || code >= 10 + CHILDREN || seen[code - 10]++) {
-            say("forktest: bad child status\n");
+            char line[] = "forktest: bad child status 0x0000\n";
+            for (int k = 0; k < 4; k++)
+                line[29 + k] = "0123456789abcdef"[(status >> (12 - 4 * k)) & 0xf];
+            say(line);
             leave(4);
         }
     }
