@@ -48,3 +48,17 @@ class GuestExit(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def read_input(path: str, noun: str) -> bytes:
+    """The bytes of a file the user named, or BadInput with a one-line reason
+    (`noun` says what the file should have been: "kernel file", "TC profile")."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BadInput(f"{path}: is a directory, not a {noun}") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read {noun}: {e.strerror}") from None

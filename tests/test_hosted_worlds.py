@@ -37,14 +37,28 @@ def _cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "bt_vmm", "run", *args]
 
 
+def _children(pid: int) -> list[str]:
+    """The pids of a process's children (none once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+def _children_until_exit(proc: subprocess.Popen) -> set[str]:
+    """Every child a process is seen to have while it runs."""
+    children: set[str] = set()
+    while proc.poll() is None:
+        children.update(_children(proc.pid))
+        time.sleep(0.05)
+    return children
+
+
 def _vmm_world(host_pid: int, timeout: float = 30) -> int:
     """The VMM world's pid: the host world's child."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        try:
-            kids = Path(f"/proc/{host_pid}/task/{host_pid}/children").read_text().split()
-        except FileNotFoundError:
-            kids = []
+        kids = _children(host_pid)
         if kids:
             return int(kids[0])
         time.sleep(0.02)
@@ -205,13 +219,7 @@ def test_inproc_is_one_process(tmp_path):
     proc = subprocess.Popen(_cmd("--guest", "testos", "--hosted", "inproc", "--timeout", "3",
                                  "--serial", "none"), env=_env(), stdin=subprocess.DEVNULL)
     try:
-        children = set()
-        while proc.poll() is None:
-            try:
-                children.update(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
-            except FileNotFoundError:
-                pass
-            time.sleep(0.05)
+        children = _children_until_exit(proc)
     finally:
         proc.wait(60)
     assert proc.returncode == 124 and not children
@@ -380,12 +388,6 @@ def test_debugging_options_keep_one_process_and_refuse_two(tmp_path):
     proc = subprocess.Popen(_cmd("--guest", "testos", "--timeout", "2", "--snapshot-on-exit", str(snap),
                                  "--serial", "none"), env=_env(), stdin=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    children = set()
-    while proc.poll() is None:
-        try:
-            children.update(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
-        except FileNotFoundError:
-            pass
-        time.sleep(0.05)
+    children = _children_until_exit(proc)
     assert proc.returncode == 124 and not children
     assert f"snapshot written to {snap}" in proc.stderr.read() and snap.exists()

@@ -22,7 +22,8 @@ import sys
 
 from bt_vmm import __version__
 from bt_vmm.cli.debugging import Session
-from bt_vmm.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MONITOR, BadInput, BtVmmError
+from bt_vmm.errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_MONITOR, BadInput, BtVmmError,
+                           read_input)
 
 _SIZE = re.compile(r"^(\d+)([KMG]?)(i?B)?$", re.IGNORECASE)
 _UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -191,7 +192,7 @@ def _read_kernel(args) -> tuple[str, bytes]:
     if args.kernel and args.guest:
         raise BadInput("give either a KERNEL file or --guest, not both")
     if args.kernel:
-        return args.kernel, _read_file(args.kernel, "kernel")
+        return args.kernel, read_input(args.kernel, "kernel file")
     try:
         path = guest_path(args.guest or "demo")
     except KeyError as e:
@@ -209,24 +210,12 @@ def _stdin_fd() -> int | None:
         return None
 
 
-def _read_file(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise BadInput(f"{path}: is a directory, not a {what} file") from None
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read {what} file: {e.strerror}") from None
-
-
 def _read_module(spec: str):
     from bt_vmm.loaders import Module
     path = spec.split(" ", 1)[0]
     if not path:
         raise BadInput(f"--module '{spec}': expected 'PATH [ARGS]'")
-    return Module(path, _read_file(path, "module"), spec)
+    return Module(path, read_input(path, "module file"), spec)
 
 
 def _run(args) -> int:
@@ -254,7 +243,7 @@ def _run(args) -> int:
     session = Session(args)          # --gdb, --wait-gdb, --snapshot-on-exit, --restore
     path, data = _read_kernel(args)
     modules = [_read_module(spec) for spec in args.module]
-    initrd = None if args.initrd is None else Module(args.initrd, _read_file(args.initrd, "initrd"), "")
+    initrd = None if args.initrd is None else Module(args.initrd, read_input(args.initrd, "initrd file"), "")
     mem = session.mem_size
     boot = None if session.snapshot is not None else load_kernel(path, data, mem, args.append, modules, initrd)
     sink = open_serial_sink(args.serial)

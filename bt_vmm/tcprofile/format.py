@@ -57,7 +57,7 @@ import json
 import zlib
 from typing import Any
 
-from bt_vmm.errors import BadInput
+from bt_vmm.errors import BadInput, read_input
 
 FORMAT = "bt-vmm-tc-profile"
 VERSION = 1
@@ -82,15 +82,7 @@ def write_profile(doc: dict[str, Any], path: str) -> None:
 def read_profile(path: str) -> dict[str, Any]:
     """Read and check a profile; BadInput (exit status 2) with a one-line
     reason for a missing, corrupt, foreign or too new file."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise BadInput(f"{path}: is a directory, not a TC profile") from None
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read TC profile: {e.strerror}") from None
+    raw = read_input(path, "TC profile")
     if raw[:2] != b"\x1f\x8b":
         raise BadInput(f"{path}: not a bt-vmm TC profile (not gzip data; "
                        f"write one with bt-vmm run --tc-profile)")
