@@ -216,7 +216,9 @@ def test_the_vmm_world_opens_no_host_file_and_no_terminal(tmp_path):
 
 
 def test_inproc_is_one_process(tmp_path):
-    proc = subprocess.Popen(_cmd("--guest", "testos", "--hosted", "inproc", "--timeout", "3",
+    # the test OS's shell waits for input that never comes: the run lasts until --timeout
+    proc = subprocess.Popen(_cmd("--guest", "testos", "--append", "shell", "--hosted", "inproc",
+                                 "--timeout", "3",
                                  "--serial", "none"), env=_env(), stdin=subprocess.DEVNULL)
     try:
         children = _children_until_exit(proc)
@@ -385,7 +387,8 @@ def test_debugging_options_keep_one_process_and_refuse_two(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("bt-vmm: --snapshot-on-exit runs with --hosted inproc (the debugger's "
                                    "socket and snapshot files do not go through the world switch yet)")
-    proc = subprocess.Popen(_cmd("--guest", "testos", "--timeout", "2", "--snapshot-on-exit", str(snap),
+    proc = subprocess.Popen(_cmd("--guest", "testos", "--append", "shell", "--timeout", "2",
+                                 "--snapshot-on-exit", str(snap),
                                  "--serial", "none"), env=_env(), stdin=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     children = _children_until_exit(proc)
